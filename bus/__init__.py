@@ -1,0 +1,1 @@
+"""The bus: subjects, partitions, envelopes and JetStream provisioning (issue 3)."""

@@ -1,0 +1,44 @@
+"""The ``kubus`` command: one entry point for the dev stack and, later, the services."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from kubus.cliutil import ArgumentParser, fail
+from kubus.devstack import cli as dev_cli
+
+__all__ = ["main"]
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="kubus",
+        description="The Kubernetes controller manager as event-sourced controllers on NATS "
+        "JetStream.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dev_cli.add_dev_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    prog = _prog_of(args)
+    if unknown:
+        # Name the subcommand the flag was given to, not just the top-level program.
+        fail(prog, f"unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')", 2)
+    return dev_cli.run(args, prog)
+
+
+def _prog_of(args: argparse.Namespace) -> str:
+    parts = ["kubus", args.command]
+    sub = getattr(args, f"{args.command}_command", None)
+    if sub:
+        parts.append(sub)
+    return " ".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

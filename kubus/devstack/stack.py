@@ -1,0 +1,256 @@
+"""The dev stack: a real control plane, NATS JetStream and Jaeger on 127.0.0.1, no Docker.
+
+Start order follows the dependencies: etcd, NATS and Jaeger first (all independent), then
+kube-apiserver on etcd, then kube-scheduler and kwok on the apiserver, and last the fake nodes.
+Whatever fails on the way, everything already started is stopped before the error is raised,
+so a failed ``up`` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubus.devstack import components
+from kubus.devstack.binaries import STACK_COMPONENTS, Binaries
+from kubus.devstack.components import Launch, Layout
+from kubus.devstack.errors import ComponentError, DevStackError
+from kubus.devstack.pki import write_kubeconfig, write_pki
+from kubus.devstack.ports import allocate_ports
+from kubus.devstack.process import ProcessRecord, is_alive, spawn, stop, tail
+from kubus.devstack.state import StateDir
+
+__all__ = ["DevStack", "StackConfig", "down"]
+
+Progress = Callable[[str], None]
+
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    state_dir: Path
+    binaries: Binaries
+    nodes: int = 3
+    requested_ports: Mapping[str, int] = field(default_factory=dict)
+    start_timeout: float = 120.0
+
+
+class DevStack:
+    """One running dev stack, owned by this process (foreground) or handed off (detached)."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self._config = config
+        self._state = StateDir(config.state_dir)
+        self._records: list[ProcessRecord] = []
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self.env: dict[str, str] = {}
+
+    @property
+    def state_dir(self) -> Path:
+        return self._state.path
+
+    @property
+    def records(self) -> Sequence[ProcessRecord]:
+        return tuple(self._records)
+
+    def up(self, progress: Progress = lambda _line: None) -> dict[str, str]:
+        """Start everything and return the env (also written to ``<state dir>/env``)."""
+        self._state.prepare()
+        binaries = self._config.binaries.ensure(STACK_COMPONENTS, progress=progress)
+        for binary in binaries.values():
+            progress(f"using {binary.name} {binary.version} from {binary.source}: {binary.path}")
+        ports = allocate_ports(components.PORT_NAMES, self._config.requested_ports)
+        layout = Layout(
+            state_dir=self._state.path,
+            ports=ports,
+            binaries={name: binary.path for name, binary in binaries.items()},
+        )
+        try:
+            self._start(layout, progress)
+        except BaseException:
+            self.stop()
+            raise
+        self.env = _environment(layout)
+        self._state.write_env(self.env)
+        self._state.save(self._records, status="ready")
+        return self.env
+
+    def stop(self) -> None:
+        """Stop every process this stack started, last started first."""
+        for record in reversed(self._records):
+            stop(record, child=self._children.get(record.name))
+        self._records.clear()
+        self._children.clear()
+        self._state.clear()
+
+    def wait(self) -> str:
+        """Block until SIGINT/SIGTERM or until a component exits; say which happened."""
+        stopping = threading.Event()
+        reason: list[str] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            reason.append(f"received {signal.Signals(signum).name}")
+            stopping.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stopping.wait(0.5):
+                for record in self._records:
+                    child = self._children.get(record.name)
+                    if child is not None and child.poll() is not None:
+                        reason.append(
+                            f"{record.name} exited with code {child.returncode}: "
+                            f"{tail(record.log)} (log: {record.log})"
+                        )
+                        stopping.set()
+                        break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return reason[0]
+
+    def _start(self, layout: Layout, progress: Progress) -> None:
+        pki = write_pki(layout.path("pki"), service_ip=components.SERVICE_IP)
+        write_kubeconfig(layout.kubeconfig, server=layout.url("apiserver", "https"), pki=pki)
+        early = [
+            components.etcd_launch(layout),
+            components.nats_launch(layout),
+            components.jaeger_launch(layout),
+        ]
+        for launch in early:
+            self._spawn(launch, layout)
+        self._await_ready(early[0], progress)
+        apiserver = components.apiserver_launch(layout, pki)
+        self._spawn(apiserver, layout)
+        for launch in early[1:]:
+            self._await_ready(launch, progress)
+        self._await_ready(apiserver, progress)
+        late = [components.scheduler_launch(layout), components.kwok_launch(layout)]
+        for launch in late:
+            self._spawn(launch, layout)
+        for launch in late:
+            self._await_ready(launch, progress)
+        _create_fake_nodes(layout.kubeconfig, self._config.nodes)
+        self._wait_for(
+            lambda: _ready_fake_nodes(layout.kubeconfig) >= self._config.nodes,
+            what=f"{self._config.nodes} fake nodes to become Ready",
+            log=self._records[-1].log,
+        )
+        progress(f"{self._config.nodes} fake nodes Ready")
+
+    def _spawn(self, launch: Launch, layout: Layout) -> None:
+        record, child = spawn(
+            launch.name, launch.argv, log_path=layout.path("logs", f"{launch.name}.log")
+        )
+        self._records.append(record)
+        self._children[launch.name] = child
+        # Saved after every start, so `kubus dev down` finds even a stack that failed midway.
+        self._state.save(self._records, status="starting")
+
+    def _await_ready(self, launch: Launch, progress: Progress) -> None:
+        record = next(record for record in self._records if record.name == launch.name)
+        child = self._children[launch.name]
+
+        def ready() -> bool:
+            if child.poll() is not None:
+                raise ComponentError(
+                    f"{launch.name} exited with code {child.returncode} while starting: "
+                    f"{tail(record.log)} (log: {record.log})"
+                )
+            return launch.probe()
+
+        started = time.monotonic()
+        self._wait_for(ready, what=f"{launch.name} to become ready", log=record.log)
+        progress(f"{launch.name} ready in {time.monotonic() - started:.1f}s")
+
+    def _wait_for(self, condition: Callable[[], bool], *, what: str, log: str) -> None:
+        deadline = time.monotonic() + self._config.start_timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise ComponentError(
+                    f"timed out after {self._config.start_timeout:.0f}s waiting for {what}: "
+                    f"{tail(log)} (log: {log})"
+                )
+            time.sleep(0.1)
+
+
+def down(state_dir: Path) -> list[ProcessRecord]:
+    """Stop the stack recorded in ``state_dir``; return the records that were still alive."""
+    state = StateDir(state_dir)
+    if not state.path.is_dir():
+        raise DevStackError(f"state dir {state.path} does not exist")
+    records = state.records()
+    alive = [record for record in records if is_alive(record)]
+    for record in reversed(records):
+        stop(record)
+    state.clear()
+    return alive
+
+
+def _environment(layout: Layout) -> dict[str, str]:
+    return {
+        "KUBECONFIG": str(layout.kubeconfig),
+        "NATS_URL": f"nats://127.0.0.1:{layout.ports['nats']}",
+        "NATS_MONITOR_URL": layout.url("nats-monitor"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": layout.url("otlp-grpc"),
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "JAEGER_OTLP_HTTP_ENDPOINT": layout.url("otlp-http"),
+        "JAEGER_QUERY_URL": layout.url("jaeger-query"),
+        "ETCD_ENDPOINTS": layout.url("etcd"),
+        "KUBUS_STATE_DIR": str(layout.state_dir),
+    }
+
+
+def _api(kubeconfig: Path) -> Any:
+    from kubernetes import client, config  # heavy import, needed only once the apiserver runs
+
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    return client.CoreV1Api(api_client)
+
+
+def _create_fake_nodes(kubeconfig: Path, count: int) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    api = _api(kubeconfig)
+    for index in range(count):
+        name = f"kwok-node-{index}"
+        capacity = {"cpu": "1000", "memory": "4Ti", "pods": "1000"}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "type": "kwok",
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "topology.kubernetes.io/zone": f"zone-{index % 3}",
+                },
+            },
+            "spec": {},
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }
+        try:
+            api.create_node(body)
+        except ApiException as error:
+            if error.status != 409:
+                raise ComponentError(f"cannot create fake node {name}: {error.reason}") from error
+
+
+def _ready_fake_nodes(kubeconfig: Path) -> int:
+    nodes = _api(kubeconfig).list_node().items
+    return sum(
+        1
+        for node in nodes
+        if (node.metadata.annotations or {}).get(FAKE_NODE_ANNOTATION) == "fake"
+        and any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    )

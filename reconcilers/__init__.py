@@ -1,0 +1,1 @@
+"""Reconciler pools: partition ownership, caches, workqueues and controllers (issue 4)."""

@@ -1,0 +1,1 @@
+"""One module per controller, each faithful to its kube-controller-manager counterpart."""

@@ -1,0 +1,79 @@
+"""Session fixtures: one real dev stack for the whole test run.
+
+Which stack, in this order:
+- ``KUBUS_TEST_ENV_FILE=DIR/env``: an already running stack (``kubus dev up --detach``), or any
+  cluster + NATS + Jaeger described by such a file;
+- a Docker engine that answers: the testcontainers stack (k3s, NATS, Jaeger);
+- otherwise the local stack of ``kubus dev up``, started by the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubus.devstack import Binaries, DevStack, StackConfig, default_cache_dir
+from kubus.devstack.containers import ContainerStack, docker_available
+
+log = logging.getLogger("kubus.tests")
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The env of a running stack: KUBECONFIG, NATS_URL, OTEL_EXPORTER_OTLP_ENDPOINT, ..."""
+    env_file = os.environ.get("KUBUS_TEST_ENV_FILE")
+    if env_file:
+        yield _read_env_file(Path(env_file))
+        return
+    if os.environ.get("KUBUS_TEST_STACK", "auto") != "local" and docker_available():
+        containers = ContainerStack()
+        yield containers.up()
+        containers.stop()
+        return
+    stack = DevStack(
+        StackConfig(
+            state_dir=tmp_path_factory.mktemp("dev-stack"),
+            binaries=Binaries(cache_dir=default_cache_dir(os.environ)),
+        )
+    )
+    env = stack.up(progress=log.info)
+    try:
+        yield env
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(stack_env: dict[str, str]) -> Any:
+    """An ApiClient of the official Kubernetes client, as the stack's admin."""
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=stack_env["KUBECONFIG"])
+
+
+@pytest.fixture
+def namespace(kube: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube)
+    name = f"t-{request.node.name.lower().replace('_', '-')[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)

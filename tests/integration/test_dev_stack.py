@@ -1,0 +1,112 @@
+"""The dev stack is made of real servers that behave as such."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_unscheduled_pod_lands_on_a_fake_node_and_becomes_ready(kube: Any, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+        },
+    )
+
+    def ready_pod() -> Any:
+        pod = core.read_namespaced_pod("web", namespace)
+        conditions = {c.type: c.status for c in pod.status.conditions or []}
+        return pod if pod.status.phase == "Running" and conditions.get("Ready") == "True" else None
+
+    pod = wait_for(ready_pod, timeout=60, what="pod web Running and Ready")
+    assert pod.spec.node_name.startswith("kwok-node-")
+    assert pod.status.pod_ip
+
+
+def test_rbac_refuses_a_token_without_rights(
+    kube: Any, namespace: str, stack_env: dict[str, str]
+) -> None:
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
+    token = core.create_namespaced_service_account_token(
+        "nobody", namespace, {"spec": {"expirationSeconds": 600}}
+    ).status.token
+
+    configuration = client.Configuration()
+    configuration.host = kube.configuration.host
+    configuration.ssl_ca_cert = kube.configuration.ssl_ca_cert
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    as_nobody = client.CoreV1Api(client.ApiClient(configuration))
+
+    with pytest.raises(ApiException) as refused:
+        as_nobody.list_namespaced_pod(namespace)
+    assert refused.value.status == 403
+    assert f"system:serviceaccount:{namespace}:nobody" in json.loads(refused.value.body)["message"]
+    # The same token is authenticated (not 401): the apiserver really authorizes it.
+    review = client.AuthenticationV1Api(kube).create_token_review({"spec": {"token": token}})
+    assert review.status.authenticated
+
+
+def test_jetstream_stores_and_returns_a_message(stack_env: dict[str, str]) -> None:
+    import nats
+
+    async def roundtrip() -> bytes:
+        connection = await nats.connect(stack_env["NATS_URL"])
+        try:
+            js = connection.jetstream()
+            stream = f"T{uuid.uuid4().hex[:8]}"
+            await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+            ack = await js.publish(f"{stream}.greeting", b"hello kubus")
+            message = await js.get_msg(stream, ack.seq)
+            await js.delete_stream(stream)
+            return bytes(message.data or b"")
+        finally:
+            await connection.close()
+
+    assert asyncio.run(roundtrip()) == b"hello kubus"
+
+
+def test_an_otlp_span_is_found_through_the_jaeger_query_api(stack_env: dict[str, str]) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    service = f"kubus-test-{uuid.uuid4().hex[:8]}"
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(
+        SimpleSpanProcessor(
+            OTLPSpanExporter(endpoint=stack_env["OTEL_EXPORTER_OTLP_ENDPOINT"], insecure=True)
+        )
+    )
+    with provider.get_tracer("tests").start_as_current_span("reconcile") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    provider.shutdown()
+
+    def found() -> Any:
+        url = f"{stack_env['JAEGER_QUERY_URL']}/api/traces/{trace_id}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                data = json.load(response)["data"]
+        except OSError:
+            return None
+        return data or None
+
+    traces = wait_for(found, timeout=30, what=f"trace {trace_id} in Jaeger")
+    assert [s["operationName"] for s in traces[0]["spans"]] == ["reconcile"]
+    processes = traces[0]["processes"].values()
+    assert {p["serviceName"] for p in processes} == {service}

@@ -1,0 +1,1 @@
+"""The watcher service: apiserver watch streams into JetStream subjects (issue 3)."""

@@ -126,8 +126,9 @@ def apiserver_launch(layout: Layout, pki: Pki) -> Launch:
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--authorization-mode=RBAC",
-        # No serviceaccount controller runs yet to create each namespace's `default` account.
-        "--disable-admission-plugins=ServiceAccount",
+        # Nothing runs yet to create each namespace's `default` ServiceAccount (serviceaccount
+        # controller) or to lift the not-ready taint off new nodes (node lifecycle controller).
+        "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
         "--allow-privileged=true",
         "--profiling=false",
         f"--tracing-config-file={tracing}",
@@ -150,6 +151,8 @@ def scheduler_launch(layout: Layout) -> Launch:
         f"--bind-address={HOST}",
         f"--secure-port={layout.ports['scheduler']}",
         f"--cert-dir={layout.path('scheduler')}",
+        # Its /healthz is always allowed; no front proxy exists whose CA it could look up.
+        "--authentication-skip-lookup=true",
         "--leader-elect=false",
     )
     return Launch(

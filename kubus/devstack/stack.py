@@ -63,6 +63,7 @@ class DevStack:
     def up(self, progress: Progress = lambda _line: None) -> dict[str, str]:
         """Start everything and return the env (also written to ``<state dir>/env``)."""
         self._state.prepare()
+        self._state.reset()
         binaries = self._config.binaries.ensure(STACK_COMPONENTS, progress=progress)
         for binary in binaries.values():
             progress(f"using {binary.name} {binary.version} from {binary.source}: {binary.path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +16,15 @@ from kubus.devstack.process import ProcessRecord, is_alive
 __all__ = ["StateDir"]
 
 _FORMAT = 1
+_STACK_DIRS = ("etcd", "nats", "logs", "pki", "scheduler")
+_STACK_FILES = (
+    "env",
+    "stack.json",
+    "kubeconfig",
+    "jaeger.yaml",
+    "kwok-stages.yaml",
+    "apiserver-tracing.yaml",
+)
 
 
 class StateDir:
@@ -46,6 +56,16 @@ class StateDir:
                 f"a dev stack is already running from {self.path} ({pids}); "
                 f"stop it with 'kubus dev down --state-dir {self.path}'"
             )
+
+    def reset(self) -> None:
+        """Forget the data of an earlier stack: every ``up`` starts from an empty cluster.
+
+        Only what the stack itself writes is removed, never anything else in the dir.
+        """
+        for name in _STACK_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        for name in _STACK_FILES:
+            (self.path / name).unlink(missing_ok=True)
 
     def records(self) -> list[ProcessRecord]:
         try:

@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -144,18 +145,36 @@ def _up(args: argparse.Namespace) -> int:
         env = stack.up(progress=_progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if args.detach:
+        _print_ready(stack, env)
+        _progress(f"stop it with: kubus dev down --state-dir {stack.state_dir}")
+        return 0
+    try:
+        stopping = threading.Event()
+        signals: list[str] = []
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            signals.append(signal.Signals(signum).name)
+            stopping.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+        _print_ready(stack, env)
+        _progress("running in the foreground; Ctrl-C stops everything")
+        failure = stack.wait(stopping)
+        _progress(f"stopping: {failure or 'received ' + signals[0]}")
+    finally:
+        stack.stop()
+    if failure:
+        raise DevStackError(failure)
+    return 0
+
+
+def _print_ready(stack: DevStack, env: dict[str, str]) -> None:
     _progress(f"ready; the env is in {stack.state_dir / 'env'}")
     for key, value in env.items():
         print(f"{key}={value}")
     sys.stdout.flush()
-    if args.detach:
-        _progress(f"stop it with: kubus dev down --state-dir {stack.state_dir}")
-        return 0
-    _progress("running in the foreground; Ctrl-C stops everything")
-    reason = stack.wait()
-    _progress(f"stopping: {reason}")
-    stack.stop()
-    return 0 if reason.startswith("received") else 1
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:

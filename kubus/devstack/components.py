@@ -11,7 +11,7 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -79,6 +79,8 @@ class Launch:
     name: str
     argv: tuple[str, ...]
     probe: Probe
+    # Variables added to the inherited environment.
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def etcd_launch(layout: Layout) -> Launch:
@@ -223,6 +225,8 @@ def jaeger_launch(layout: Layout) -> Launch:
                 "storage": {"traces": storage},
                 "http": {"endpoint": f"{HOST}:{layout.ports['jaeger-query']}"},
                 "grpc": {"endpoint": f"{HOST}:{layout.ports['jaeger-query-grpc']}"},
+                # Jaeger tracing its own queries would clutter the traces kubus is judged by.
+                "enable_tracing": False,
             },
         },
         "receivers": {
@@ -240,7 +244,11 @@ def jaeger_launch(layout: Layout) -> Launch:
     path = layout.path("jaeger.yaml")
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     argv = (str(layout.binaries["jaeger"]), f"--config={path}")
-    return Launch("jaeger", argv, _http_probe(layout.url("jaeger-query") + "/api/services"))
+    return Launch(
+        "jaeger",
+        argv,
+        _http_probe(layout.url("jaeger-query") + "/api/services"),
+    )
 
 
 def _http_probe(

@@ -8,7 +8,7 @@ so a failed ``up`` leaves no process behind.
 
 from __future__ import annotations
 
-import signal
+import os
 import subprocess
 import threading
 import time
@@ -91,31 +91,17 @@ class DevStack:
         self._children.clear()
         self._state.clear()
 
-    def wait(self) -> str:
-        """Block until SIGINT/SIGTERM or until a component exits; say which happened."""
-        stopping = threading.Event()
-        reason: list[str] = []
-
-        def on_signal(signum: int, _frame: object) -> None:
-            reason.append(f"received {signal.Signals(signum).name}")
-            stopping.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            while not stopping.wait(0.5):
-                for record in self._records:
-                    child = self._children.get(record.name)
-                    if child is not None and child.poll() is not None:
-                        reason.append(
-                            f"{record.name} exited with code {child.returncode}: "
-                            f"{tail(record.log)} (log: {record.log})"
-                        )
-                        stopping.set()
-                        break
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return reason[0]
+    def wait(self, stopping: threading.Event) -> str | None:
+        """Block until ``stopping`` is set or a component exits; name the component if one did."""
+        while not stopping.wait(0.5):
+            for record in self._records:
+                child = self._children.get(record.name)
+                if child is not None and child.poll() is not None:
+                    return (
+                        f"{record.name} exited with code {child.returncode}: "
+                        f"{tail(record.log)} (log: {record.log})"
+                    )
+        return None
 
     def _start(self, layout: Layout, progress: Progress) -> None:
         pki = write_pki(layout.path("pki"), service_ip=components.SERVICE_IP)
@@ -148,7 +134,10 @@ class DevStack:
 
     def _spawn(self, launch: Launch, layout: Layout) -> None:
         record, child = spawn(
-            launch.name, launch.argv, log_path=layout.path("logs", f"{launch.name}.log")
+            launch.name,
+            launch.argv,
+            log_path=layout.path("logs", f"{launch.name}.log"),
+            env={**os.environ, **launch.env},
         )
         self._records.append(record)
         self._children[launch.name] = child

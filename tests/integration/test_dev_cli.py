@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -141,3 +142,31 @@ def test_missing_go_toolchain_without_cached_binaries_is_one_clear_error(
     assert_one_error_line(result, prog, "no Go toolchain", "etcd")
     assert processes_mentioning(str(state_dir)) == []
     assert processes_mentioning(str(tmp_path / "empty-cache")) == []
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    state_dir = tmp_path / "stack"
+    foreground = subprocess.Popen(
+        [*KUBUS, "dev", "up", "--state-dir", str(state_dir), "--nodes", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert foreground.stderr is not None
+        for line in foreground.stderr:
+            if "Ctrl-C stops everything" in line:
+                break
+        else:
+            pytest.fail(f"kubus dev up ended before it was ready (exit {foreground.wait()})")
+        records = json.loads((state_dir / "stack.json").read_text())["processes"]
+        assert len(records) == 6
+        assert all(_alive(record["pid"]) for record in records)
+
+        foreground.send_signal(signal.SIGINT)
+        assert foreground.wait(timeout=60) == 0
+    finally:
+        if foreground.poll() is None:
+            foreground.kill()
+    assert [record["name"] for record in records if _alive(record["pid"])] == []
+    assert processes_mentioning(str(state_dir)) == []

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from bus.errors import SubjectError
+
 __all__ = [
     "DEFAULT_PARTITIONS",
     "OBJECT_SUBJECT_PREFIX",
@@ -43,10 +45,6 @@ CORE_GROUP_TOKEN: Final = "core"
 _PLAIN_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:@+-]*$")
 _FNV_OFFSET: Final = 0x811C9DC5
 _FNV_PRIME: Final = 0x01000193
-
-
-class SubjectError(ValueError):
-    """A subject, or an object reference, that kubus cannot encode or decode."""
 
 
 @dataclass(frozen=True, order=True)
@@ -106,21 +104,23 @@ def partition_of(namespace: str | None, name: str, partitions: int = DEFAULT_PAR
     return value % partitions
 
 
-def encode_subject(ref: ObjectRef, partitions: int = DEFAULT_PARTITIONS) -> str:
+def encode_subject(
+    ref: ObjectRef,
+    partitions: int = DEFAULT_PARTITIONS,
+    *,
+    prefix: str = OBJECT_SUBJECT_PREFIX,
+) -> str:
     if not ref.name:
         raise SubjectError(f"object of {ref.resource} has no name")
     partition = partition_of(ref.namespace, ref.name, partitions)
     namespace = _encode_name(ref.namespace) if ref.namespace else CLUSTER_SCOPE_TOKEN
-    return (
-        f"{OBJECT_SUBJECT_PREFIX}.{partition}.{ref.resource.tokens}.{namespace}."
-        f"{_encode_name(ref.name)}"
-    )
+    return f"{prefix}.{partition}.{ref.resource.tokens}.{namespace}.{_encode_name(ref.name)}"
 
 
-def decode_subject(subject: str) -> tuple[int, ObjectRef]:
+def decode_subject(subject: str, *, prefix: str = OBJECT_SUBJECT_PREFIX) -> tuple[int, ObjectRef]:
     """The partition and object of a subject made by :func:`encode_subject`."""
     tokens = subject.split(".")
-    if len(tokens) != 8 or ".".join(tokens[:2]) != OBJECT_SUBJECT_PREFIX:
+    if len(tokens) != 8 or ".".join(tokens[:2]) != prefix:
         raise SubjectError(f"{subject!r} is not a kubus object subject")
     partition, group, version, resource, namespace, name = tokens[2:]
     if not partition.isdigit():
@@ -132,15 +132,17 @@ def decode_subject(subject: str) -> tuple[int, ObjectRef]:
     return int(partition), ObjectRef(resource_type, decoded_namespace, _decode_name(name))
 
 
-def partition_filter(partition: int) -> str:
+def partition_filter(partition: int, *, prefix: str = OBJECT_SUBJECT_PREFIX) -> str:
     """Every object of every kind in one partition."""
-    return f"{OBJECT_SUBJECT_PREFIX}.{partition}.>"
+    return f"{prefix}.{partition}.>"
 
 
-def resource_filter(resource: ResourceType, partition: int | None = None) -> str:
+def resource_filter(
+    resource: ResourceType, partition: int | None = None, *, prefix: str = OBJECT_SUBJECT_PREFIX
+) -> str:
     """Every object of one kind, in one partition or (None) in all."""
     where = "*" if partition is None else str(partition)
-    return f"{OBJECT_SUBJECT_PREFIX}.{where}.{resource.tokens}.*.*"
+    return f"{prefix}.{where}.{resource.tokens}.*.*"
 
 
 def _encode_name(name: str) -> str:

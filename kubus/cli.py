@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from kubus.cliutil import ArgumentParser, fail
 from kubus.devstack import cli as dev_cli
+from watcher import cli as watcher_cli
 
 __all__ = ["main"]
 
@@ -19,6 +20,7 @@ def build_parser() -> ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev_cli.add_dev_commands(commands)
+    watcher_cli.add_watcher_command(commands)
     return parser
 
 
@@ -29,7 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         # Name the subcommand the flag was given to, not just the top-level program.
         fail(prog, f"unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')", 2)
-    return dev_cli.run(args, prog)
+    if args.command == "dev":
+        return dev_cli.run(args, prog)
+    try:
+        code: int = args.handler(args)
+    except watcher_cli.EXPECTED_ERRORS as error:
+        fail(prog, str(error))
+    except KeyboardInterrupt:
+        return 130
+    return code
 
 
 def _prog_of(args: argparse.Namespace) -> str:

@@ -1,0 +1,22 @@
+"""An asyncio apiserver client for the hot paths: discovery, paginated lists, watches.
+
+Configuration and authentication come from the official client (kubeconfig, in-cluster, exec
+plugins); requests go through aiohttp and responses are decoded with msgspec, so a watch never
+blocks the event loop and an object is decoded once, only as far as the caller needs.
+"""
+
+from kubus.kube.client import ApiResource, KubeClient, ListPage, WatchEvent
+from kubus.kube.config import KubeConfig, load_kube_config
+from kubus.kube.errors import GoneError, KubeApiError, UnknownResourceError
+
+__all__ = [
+    "ApiResource",
+    "GoneError",
+    "KubeApiError",
+    "KubeClient",
+    "KubeConfig",
+    "ListPage",
+    "UnknownResourceError",
+    "WatchEvent",
+    "load_kube_config",
+]

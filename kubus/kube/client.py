@@ -1,0 +1,232 @@
+"""Discovery, paginated lists and watches against the apiserver, without blocking the loop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+import msgspec
+
+from kubus.kube.config import KubeConfig
+from kubus.kube.errors import GoneError, KubeApiError, UnknownResourceError
+
+__all__ = ["ApiResource", "KubeClient", "ListPage", "WatchEvent"]
+
+log = logging.getLogger(__name__)
+
+_USER_AGENT: Final = "kubus"
+
+
+@dataclass(frozen=True)
+class ApiResource:
+    """What discovery says of one group/version/resource."""
+
+    group: str
+    version: str
+    name: str
+    kind: str
+    namespaced: bool
+    verbs: frozenset[str]
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def path(self) -> str:
+        """The cluster-wide collection path."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        return f"{base}/{self.name}"
+
+
+class _ListMeta(msgspec.Struct, rename="camel"):
+    resource_version: str = ""
+    continue_: str | None = msgspec.field(default=None, name="continue")
+
+
+class ListPage(msgspec.Struct):
+    """One page of a list: item JSON left undecoded, and where the next page starts."""
+
+    items: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
+
+
+class WatchEvent(msgspec.Struct):
+    type: str
+    object: msgspec.Raw
+
+
+class _Status(msgspec.Struct):
+    code: int = 0
+    reason: str = ""
+    message: str = ""
+
+
+class _DiscoveredResource(msgspec.Struct):
+    name: str
+    kind: str
+    namespaced: bool
+    verbs: list[str] = msgspec.field(default_factory=list)
+
+
+class _ResourceList(msgspec.Struct):
+    resources: list[_DiscoveredResource] = msgspec.field(default_factory=list)
+
+
+_page_decoder = msgspec.json.Decoder(ListPage)
+_event_decoder = msgspec.json.Decoder(WatchEvent)
+_status_decoder = msgspec.json.Decoder(_Status)
+_resources_decoder = msgspec.json.Decoder(_ResourceList)
+
+
+class KubeClient:
+    """Use as ``async with KubeClient(config) as kube: ...``; one connection pool per client."""
+
+    def __init__(self, config: KubeConfig, *, timeout: float = 30.0) -> None:
+        self._config = config
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> KubeClient:
+        self._session = aiohttp.ClientSession(
+            base_url=self._config.server,
+            connector=aiohttp.TCPConnector(ssl=self._config.ssl_context, limit=0),
+            headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
+        )
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def discover(self, group: str, version: str, resource: str) -> ApiResource:
+        path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        what = f"{group}/{version}/{resource}" if group else f"{version}/{resource}"
+        try:
+            body = await self._get(path, {})
+        except KubeApiError as error:
+            if error.status == 404:
+                raise UnknownResourceError(
+                    404, "NotFound", f"the apiserver serves no API group version for {what}"
+                ) from error
+            raise
+        for entry in _resources_decoder.decode(body).resources:
+            if entry.name == resource:
+                return ApiResource(
+                    group,
+                    version,
+                    entry.name,
+                    entry.kind,
+                    entry.namespaced,
+                    frozenset(entry.verbs),
+                )
+        raise UnknownResourceError(
+            404,
+            "NotFound",
+            f"the apiserver serves no resource {what} ('kubectl api-resources' "
+            "lists what it serves)",
+        )
+
+    async def list_page(
+        self, resource: ApiResource, *, limit: int, continue_token: str | None = None
+    ) -> ListPage:
+        params: dict[str, str] = {"limit": str(limit)}
+        if continue_token:
+            params["continue"] = continue_token
+        return _page_decoder.decode(await self._get(resource.path, params))
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self,
+        resource: ApiResource,
+        *,
+        resource_version: str,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        """Open a watch after ``resource_version``; entering means the apiserver accepted it.
+
+        The events (bookmarks included) run until the server ends the watch. An ERROR event
+        is raised as :class:`KubeApiError` (:class:`GoneError` for 410).
+        """
+        params = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        session = self._require_session()
+        async with session.get(
+            resource.path,
+            params=params,
+            headers=self._auth_headers(),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._timeout, sock_read=timeout_seconds + 30
+            ),
+        ) as response:
+            if response.status != 200:
+                raise _error_from(response.status, await response.read())
+            yield _events(response)
+
+    async def _get(self, path: str, params: Mapping[str, str]) -> bytes:
+        session = self._require_session()
+        async with session.get(
+            path,
+            params=params,
+            headers=self._auth_headers(),
+            timeout=aiohttp.ClientTimeout(total=self._timeout * 4, sock_connect=self._timeout),
+        ) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise _error_from(response.status, body)
+            return body
+
+    def _auth_headers(self) -> dict[str, str]:
+        authorization = self._config.authorization()
+        return {"Authorization": authorization} if authorization else {}
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("KubeClient used outside 'async with'")
+        return self._session
+
+
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[WatchEvent]:
+    # Lines are split here, not by aiohttp's readline, which caps a line at 128 KiB: an object
+    # can be 1.5 MiB.
+    buffer = bytearray()
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) != -1:
+            line = bytes(buffer[start:end])
+            start = end + 1
+            if line.strip():
+                yield _decode_event(line)
+        del buffer[:start]
+
+
+def _decode_event(line: bytes) -> WatchEvent:
+    event = _event_decoder.decode(line)
+    if event.type == "ERROR":
+        status = _status_decoder.decode(event.object)
+        raise _error(status.code, status.reason, status.message)
+    return event
+
+
+def _error_from(status_code: int, body: bytes) -> KubeApiError:
+    try:
+        status = _status_decoder.decode(body)
+    except msgspec.DecodeError:
+        return KubeApiError(status_code, "", body[:200].decode(errors="replace"))
+    return _error(status.code or status_code, status.reason, status.message)
+
+
+def _error(code: int, reason: str, message: str) -> KubeApiError:
+    if code == 410 or reason in ("Expired", "Gone"):
+        return GoneError(410, reason or "Gone", message)
+    return KubeApiError(code, reason, message)

@@ -1,0 +1,347 @@
+"""Publishing object states to the bus: pipelined, latest-wins, never older than the bus.
+
+Invariant (no regression): a subject never receives a resourceVersion older than the one it
+holds, even with several watchers publishing at once. Each publish is compare-and-set on the
+subject's last sequence (``Nats-Expected-Last-Subject-Sequence``); a refused publish re-reads
+the subject and is dropped if the bus already holds that state or a newer one.
+
+Per subject, one publish is in flight at a time; events that arrive meanwhile wait in a
+one-slot mailbox where the newest replaces the older (the bus keeps only the latest anyway).
+Across subjects, up to ``max_in_flight`` publishes are pipelined.
+
+Every submitted event gets a future that resolves once the bus holds that state or a newer
+one; the resource watchers use it to store a resume point only behind acknowledged events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import APIError
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Tracer
+
+from bus.envelope import EventType, Header, msg_id, resource_version_number
+from bus.layout import BusLayout
+from bus.reader import ObjectStreamReader
+from bus.subjects import ObjectRef, ResourceType
+from kubus.telemetry import HeaderSetter
+from watcher import metrics
+
+__all__ = ["BusPublisher", "Known", "ObjectEvent"]
+
+log = logging.getLogger(__name__)
+
+# JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence check.
+_WRONG_LAST_SEQUENCE: Final = 10071
+_ACK_TIMEOUT: Final = 10.0
+_RETRY_MIN, _RETRY_MAX = 0.2, 5.0
+_setter = HeaderSetter()
+
+
+@dataclass(slots=True)
+class ObjectEvent:
+    """One object state to put on the bus."""
+
+    resource: ResourceType
+    ref: ObjectRef
+    subject: str
+    event: EventType
+    resource_version: int
+    resource_version_text: str
+    uid: str
+    payload: bytes
+    reference: bool = False
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class Known:
+    """What the bus holds on one subject, as far as this watcher knows."""
+
+    sequence: int
+    resource_version: int
+    uid: str
+    deleted: bool
+
+
+@dataclass(slots=True)
+class _Slot:
+    event: ObjectEvent
+    futures: list[asyncio.Future[None]]
+    attempts: int = 0
+
+
+class BusPublisher:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        layout: BusLayout,
+        *,
+        tracer: Tracer,
+        tombstone_ttl: float,
+        max_in_flight: int = 256,
+    ) -> None:
+        self._js = js
+        self._layout = layout
+        self._reader = ObjectStreamReader(js, layout)
+        self._tracer = tracer
+        self._tombstone_ttl = str(int(tombstone_ttl))
+        self._capacity = asyncio.Semaphore(max_in_flight)
+        self._known: dict[str, Known] = {}
+        self._in_flight: dict[str, _Slot] = {}
+        self._waiting: dict[str, _Slot] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- what the bus holds -------------------------------------------------------------
+
+    async def load(self, resources: Iterable[ResourceType]) -> int:
+        """Learn what the bus holds for these resources (headers only); returns the count."""
+        count = 0
+        for resource in resources:
+            async for envelope in self._reader.replay(
+                self._layout.resource_filter(resource), headers_only=True
+            ):
+                self._remember(
+                    envelope.subject,
+                    Known(
+                        envelope.sequence,
+                        resource_version_number(envelope.resource_version),
+                        envelope.uid,
+                        envelope.deleted,
+                    ),
+                )
+                count += 1
+        return count
+
+    def known(self, subject: str) -> Known | None:
+        return self._known.get(subject)
+
+    def live_subjects(self, resource: ResourceType) -> dict[str, Known]:
+        """Subjects of ``resource`` whose latest state on the bus is not a tombstone."""
+        infix = f".{resource.tokens}."
+        return {
+            subject: known
+            for subject, known in self._known.items()
+            if not known.deleted and infix in subject
+        }
+
+    async def last_payload(self, ref: ObjectRef) -> bytes | None:
+        envelope = await self._reader.latest(ref)
+        return None if envelope is None else envelope.payload
+
+    # --- publishing ---------------------------------------------------------------------
+
+    async def submit(self, event: ObjectEvent) -> asyncio.Future[None]:
+        """Queue one state; the future resolves once the bus holds it or something newer."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._capacity.acquire()
+        subject = event.subject
+        known = self._known.get(subject)
+        if known is not None and event.resource_version <= known.resource_version:
+            self._capacity.release()
+            metrics.STALE_EVENTS.labels(str(event.resource)).inc()
+            done.set_result(None)
+            return done
+        if subject in self._in_flight:
+            self._capacity.release()
+            waiting = self._waiting.get(subject)
+            if waiting is None:
+                self._waiting[subject] = _Slot(event, [done])
+            elif event.resource_version > waiting.event.resource_version:
+                waiting.event = event
+                waiting.futures.append(done)
+            else:
+                metrics.STALE_EVENTS.labels(str(event.resource)).inc()
+                done.set_result(None)
+            return done
+        slot = _Slot(event, [done])
+        self._in_flight[subject] = slot
+        await self._send(slot)
+        return done
+
+    async def close(self) -> None:
+        """Stop retrying; cancel the background work still pending."""
+        self._closed = True
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _send(self, slot: _Slot) -> None:
+        event = slot.event
+        known = self._known.get(event.subject)
+        headers = {
+            Header.EVENT: event.event.value,
+            Header.RESOURCE_VERSION: event.resource_version_text,
+            Header.UID: event.uid,
+            Header.MSG_ID: msg_id(event.uid, event.resource_version_text, event.event),
+            Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(known.sequence if known else 0),
+        }
+        if event.reference:
+            headers[Header.REFERENCE] = "true"
+        if event.event is EventType.DELETED:
+            headers[Header.TTL] = self._tombstone_ttl
+        with self._tracer.start_as_current_span(
+            f"publish {event.resource}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": event.subject,
+                "k8s.resource": str(event.resource),
+                "k8s.object.key": event.ref.key,
+                "k8s.resource_version": event.resource_version_text,
+                "k8s.event": event.event.value,
+            },
+        ):
+            propagate.inject(headers, setter=_setter)
+        try:
+            ack = await self._js.publish_async(
+                event.subject, event.payload, headers=headers, wait_stall=_ACK_TIMEOUT
+            )
+        except (NatsError, OSError) as error:
+            self._retry_later(slot, error)
+            return
+        timer = asyncio.get_running_loop().call_later(_ACK_TIMEOUT, _expire, ack)
+        ack.add_done_callback(lambda result: self._acked(slot, result, timer))
+
+    def _acked(
+        self, slot: _Slot, result: asyncio.Future[PubAck], timer: asyncio.TimerHandle
+    ) -> None:
+        timer.cancel()
+        event = slot.event
+        error = None if result.cancelled() else result.exception()
+        if result.cancelled() or error is not None:
+            if isinstance(error, APIError) and error.err_code == _WRONG_LAST_SEQUENCE:
+                metrics.PUBLISH_CONFLICTS.labels(str(event.resource)).inc()
+                self._spawn(self._reconcile_conflict(slot))
+            else:
+                self._retry_later(slot, error or TimeoutError("ack cancelled"))
+            return
+        ack = result.result()
+        self._remember(
+            event.subject,
+            Known(ack.seq, event.resource_version, event.uid, event.event is EventType.DELETED),
+        )
+        metrics.EVENTS_PUBLISHED.labels(str(event.resource), event.event.value).inc()
+        metrics.PUBLISH_LATENCY.observe(time.monotonic() - event.received)
+        self._finish(slot)
+
+    def _finish(self, slot: _Slot) -> None:
+        """The slot's state is on the bus (or superseded there): settle it, start the next."""
+        subject = slot.event.subject
+        for future in slot.futures:
+            if not future.done():
+                future.set_result(None)
+        del self._in_flight[subject]
+        self._capacity.release()
+        waiting = self._waiting.pop(subject, None)
+        if waiting is None:
+            return
+        known = self._known.get(subject)
+        if known is not None and waiting.event.resource_version <= known.resource_version:
+            for future in waiting.futures:
+                future.set_result(None)
+            return
+        self._spawn(self._send_waiting(waiting))
+
+    async def _send_waiting(self, slot: _Slot) -> None:
+        await self._capacity.acquire()
+        subject = slot.event.subject
+        if subject in self._in_flight:  # a submit got in first; queue behind it again
+            self._capacity.release()
+            current = self._waiting.get(subject)
+            if current is None or slot.event.resource_version > current.event.resource_version:
+                slot.futures.extend(current.futures if current else [])
+                self._waiting[subject] = slot
+            else:
+                current.futures.extend(slot.futures)
+            return
+        self._in_flight[subject] = slot
+        await self._send(slot)
+
+    async def _reconcile_conflict(self, slot: _Slot) -> None:
+        """Another writer moved the subject: learn its state, then drop or retry ours."""
+        event = slot.event
+        try:
+            envelope = await self._reader.latest(event.ref)
+        except (NatsError, OSError) as error:
+            self._retry_later(slot, error)
+            return
+        if envelope is None:
+            self._known.pop(event.subject, None)
+        else:
+            self._remember(
+                event.subject,
+                Known(
+                    envelope.sequence,
+                    resource_version_number(envelope.resource_version),
+                    envelope.uid,
+                    envelope.deleted,
+                ),
+            )
+            if resource_version_number(envelope.resource_version) >= event.resource_version:
+                metrics.STALE_EVENTS.labels(str(event.resource)).inc()
+                self._finish(slot)
+                return
+        self._promote_newest(slot)
+        await self._send(slot)
+
+    def _retry_later(self, slot: _Slot, error: BaseException) -> None:
+        slot.attempts += 1
+        delay = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(slot.attempts, 10))
+        log.warning(
+            "publish of %s %s (rv %s) failed, retrying in %.1fs: %s",
+            slot.event.resource,
+            slot.event.ref.key,
+            slot.event.resource_version_text,
+            delay,
+            error or type(error).__name__,
+        )
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            self._promote_newest(slot)
+            await self._send(slot)
+
+        self._spawn(retry())
+
+    def _promote_newest(self, slot: _Slot) -> None:
+        """Before a resend, take over a newer state that waited meanwhile."""
+        waiting = self._waiting.pop(slot.event.subject, None)
+        if waiting is not None:
+            if waiting.event.resource_version > slot.event.resource_version:
+                slot.event = waiting.event
+            slot.futures.extend(waiting.futures)
+
+    def _remember(self, subject: str, known: Known) -> None:
+        current = self._known.get(subject)
+        if current is None or known.sequence >= current.sequence:
+            self._known[subject] = known
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._closed:
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publisher background work failed", exc_info=task.exception())
+
+
+def _expire(ack: asyncio.Future[PubAck]) -> None:
+    if not ack.done():
+        ack.set_exception(TimeoutError(f"no JetStream ack within {_ACK_TIMEOUT:.0f}s"))

@@ -46,15 +46,33 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         yield containers.up()
         containers.stop()
         return
-    stack = DevStack(
-        StackConfig(
-            state_dir=tmp_path_factory.mktemp("dev-stack"),
-            binaries=Binaries(cache_dir=default_cache_dir(os.environ)),
-        )
-    )
+    # Infrastructure only: each test runs the kubus services it is about, as it needs them.
+    stack = _local_stack(tmp_path_factory.mktemp("dev-stack"), nodes=3)
     env = stack.up(progress=log.info)
     try:
         yield env
+    finally:
+        stack.stop()
+
+
+def _local_stack(state_dir: Path, *, nodes: int) -> DevStack:
+    return DevStack(
+        StackConfig(
+            state_dir=state_dir,
+            binaries=Binaries(cache_dir=default_cache_dir(os.environ)),
+            nodes=nodes,
+            services=False,
+        )
+    )
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path) -> Iterator[DevStack]:
+    """A local stack of this test's own, for tests that stop and restart its servers."""
+    stack = _local_stack(tmp_path / "stack", nodes=1)
+    stack.up(progress=log.info)
+    try:
+        yield stack
     finally:
         stack.stop()
 

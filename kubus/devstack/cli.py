@@ -138,6 +138,7 @@ def _up(args: argparse.Namespace) -> int:
             if getattr(args, f"{name.replace('-', '_')}_port")
         },
         start_timeout=args.start_timeout,
+        services=not args.infra_only,
     )
     stack = DevStack(config)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)

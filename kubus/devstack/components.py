@@ -8,6 +8,7 @@ long. Everything binds to 127.0.0.1 and keeps its data under the state dir.
 from __future__ import annotations
 
 import ssl
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ __all__ = [
     "kwok_launch",
     "nats_launch",
     "scheduler_launch",
+    "watcher_launch",
 ]
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -52,6 +54,8 @@ PORT_NAMES = (
     "otlp-http",
     "jaeger-query",
     "jaeger-query-grpc",
+    "watcher-health",
+    "watcher-metrics",
 )
 
 
@@ -277,3 +281,23 @@ def _insecure_tls() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def watcher_launch(layout: Layout) -> Launch:
+    """The kubus watcher, run from this Python environment, traced to the stack's Jaeger."""
+    argv = (
+        sys.executable,
+        "-m",
+        "kubus.cli",
+        "watcher",
+        f"--kubeconfig={layout.kubeconfig}",
+        f"--nats-url=nats://{HOST}:{layout.ports['nats']}",
+        f"--health-probe-bind-address={HOST}:{layout.ports['watcher-health']}",
+        f"--metrics-bind-address={HOST}:{layout.ports['watcher-metrics']}",
+    )
+    return Launch(
+        "kubus-watcher",
+        argv,
+        _http_probe(layout.url("watcher-health") + "/readyz", expect=b"ok"),
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": layout.url("otlp-grpc")},
+    )

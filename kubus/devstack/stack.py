@@ -40,6 +40,8 @@ class StackConfig:
     nodes: int = 3
     requested_ports: Mapping[str, int] = field(default_factory=dict)
     start_timeout: float = 120.0
+    # False: the infrastructure only (--infra-only), without the kubus services.
+    services: bool = True
 
 
 class DevStack:
@@ -50,6 +52,8 @@ class DevStack:
         self._state = StateDir(config.state_dir)
         self._records: list[ProcessRecord] = []
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._launches: dict[str, Launch] = {}
+        self._layout: Layout | None = None
         self.env: dict[str, str] = {}
 
     @property
@@ -73,6 +77,7 @@ class DevStack:
             ports=ports,
             binaries={name: binary.path for name, binary in binaries.items()},
         )
+        self._layout = layout
         try:
             self._start(layout, progress)
         except BaseException:
@@ -131,8 +136,29 @@ class DevStack:
             log=self._records[-1].log,
         )
         progress(f"{self._config.nodes} fake nodes Ready")
+        if self._config.services:
+            watcher = components.watcher_launch(layout)
+            self._spawn(watcher, layout)
+            self._await_ready(watcher, progress)
+
+    def stop_component(self, name: str) -> None:
+        """Stop one component (tests use it to take a server away and bring it back)."""
+        index = next(i for i, record in enumerate(self._records) if record.name == name)
+        record = self._records.pop(index)
+        stop(record, child=self._children.pop(name, None))
+        self._state.save(self._records, status="degraded")
+
+    def start_component(self, name: str, progress: Progress = lambda _line: None) -> None:
+        """Start a stopped component again with the same command line, data and ports."""
+        if self._layout is None:
+            raise DevStackError("the stack is not up")
+        launch = self._launches[name]
+        self._spawn(launch, self._layout)
+        self._await_ready(launch, progress)
+        self._state.save(self._records, status="ready")
 
     def _spawn(self, launch: Launch, layout: Layout) -> None:
+        self._launches[launch.name] = launch
         record, child = spawn(
             launch.name,
             launch.argv,

@@ -147,7 +147,7 @@ def test_missing_go_toolchain_without_cached_binaries_is_one_clear_error(
 def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     state_dir = tmp_path / "stack"
     foreground = subprocess.Popen(
-        [*KUBUS, "dev", "up", "--state-dir", str(state_dir), "--nodes", "1"],
+        [*KUBUS, "dev", "up", "--infra-only", "--state-dir", str(state_dir), "--nodes", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,0 +1,112 @@
+"""Running kubus services as a user does: `kubus ...` processes, probed over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.wait import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServiceProcess:
+    """One `kubus <command>` process with its probe and metrics ports and its log file."""
+
+    def __init__(self, command: Sequence[str], *, env: Mapping[str, str], log: Path) -> None:
+        self.command = list(command)
+        self.health_port = free_port()
+        self.metrics_port = free_port()
+        self.log = log
+        self._env = dict(env)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 60) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "kubus.cli",
+            *self.command,
+            f"--health-probe-bind-address=127.0.0.1:{self.health_port}",
+            f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
+        ]
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=self._env
+            )
+        if wait_ready:
+            wait_for(self.ready, timeout=timeout, what=f"{self.command[0]} /readyz ({self.log})")
+
+    def ready(self) -> bool:
+        if self._process is None or self._process.poll() is not None:
+            raise AssertionError(f"{self.command[0]} exited: {self.log.read_text()[-3000:]}")
+        return self._get(self.health_port, "/readyz") == "ok"
+
+    def metrics(self) -> str:
+        return self._get(self.metrics_port, "/metrics") or ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples that carry these labels."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            if all(f'{key}="{val}"' in series for key, val in labels.items()):
+                total += float(value)
+        return total
+
+    def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self._process is not None
+        self._process.send_signal(sig)
+        return self._process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.stop(sig=signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _get(self, port: int, path: str) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                body: bytes = response.read()
+                return body.decode()
+        except OSError:
+            return None
+
+
+@contextmanager
+def watcher(
+    stack_env: Mapping[str, str], tmp_path: Path, *args: str, name: str = "watcher"
+) -> Iterator[ServiceProcess]:
+    env = {**os.environ, **stack_env}
+    process = ServiceProcess(
+        [
+            "watcher",
+            f"--kubeconfig={stack_env['KUBECONFIG']}",
+            f"--nats-url={stack_env['NATS_URL']}",
+            *args,
+        ],
+        env=env,
+        log=tmp_path / f"{name}.log",
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        if process.running:
+            process.stop()

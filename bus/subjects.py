@@ -18,6 +18,7 @@ Namespace object hashes its own name, so it lands in the partition of its conten
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -68,13 +69,16 @@ class ResourceType:
         return cls(*parts)
 
     def __str__(self) -> str:
-        return (
-            f"{self.group}/{self.version}/{self.resource}"
-            if self.group
-            else (f"{self.version}/{self.resource}")
-        )
+        return self.label
 
-    @property
+    @functools.cached_property
+    def label(self) -> str:
+        """``group/version/resource`` (``version/resource`` for core), as metrics label it."""
+        if self.group:
+            return f"{self.group}/{self.version}/{self.resource}"
+        return f"{self.version}/{self.resource}"
+
+    @functools.cached_property
     def tokens(self) -> str:
         group = self.group.replace(".", "_") if self.group else CORE_GROUP_TOKEN
         return f"{group}.{self.version}.{self.resource}"
@@ -98,10 +102,16 @@ def partition_of(namespace: str | None, name: str, partitions: int = DEFAULT_PAR
     """FNV-1a 32 of the namespace (or the name, when cluster-scoped) modulo ``partitions``."""
     if partitions < 1:
         raise SubjectError(f"partitions must be at least 1, not {partitions}")
+    return _fnv1a_32(namespace or name) % partitions
+
+
+@functools.lru_cache(maxsize=65_536)
+def _fnv1a_32(text: str) -> int:
+    # Cached: a watcher hashes the same few namespaces for every event.
     value = _FNV_OFFSET
-    for byte in (namespace or name).encode():
+    for byte in text.encode():
         value = ((value ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
-    return value % partitions
+    return value
 
 
 def encode_subject(

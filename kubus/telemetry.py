@@ -18,12 +18,18 @@ from opentelemetry.trace import Tracer
 __all__ = ["HeaderGetter", "HeaderSetter", "setup_tracing", "shutdown_tracing"]
 
 
-def setup_tracing(default_service_name: str, environ: Mapping[str, str] | None = None) -> Tracer:
+def setup_tracing(
+    default_service_name: str, environ: Mapping[str, str] | None = None
+) -> Tracer | None:
+    """The service's tracer, or None when nothing would receive its spans.
+
+    None lets hot paths skip span bookkeeping entirely instead of feeding a no-op tracer.
+    """
     env = os.environ if environ is None else environ
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or not (
         env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     ):
-        return trace.get_tracer(default_service_name)
+        return None
 
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider

@@ -86,7 +86,7 @@ class BusPublisher:
         js: JetStreamContext,
         layout: BusLayout,
         *,
-        tracer: Tracer,
+        tracer: Tracer | None,
         tombstone_ttl: float,
         max_in_flight: int = 256,
     ) -> None:
@@ -149,7 +149,7 @@ class BusPublisher:
         known = self._known.get(subject)
         if known is not None and event.resource_version <= known.resource_version:
             self._capacity.release()
-            metrics.STALE_EVENTS.labels(str(event.resource)).inc()
+            metrics.STALE_EVENTS.labels(event.resource.label).inc()
             done.set_result(None)
             return done
         if subject in self._in_flight:
@@ -161,7 +161,7 @@ class BusPublisher:
                 waiting.event = event
                 waiting.futures.append(done)
             else:
-                metrics.STALE_EVENTS.labels(str(event.resource)).inc()
+                metrics.STALE_EVENTS.labels(event.resource.label).inc()
                 done.set_result(None)
             return done
         slot = _Slot(event, [done])
@@ -191,23 +191,24 @@ class BusPublisher:
             headers[Header.REFERENCE] = "true"
         if event.event is EventType.DELETED:
             headers[Header.TTL] = self._tombstone_ttl
-        with self._tracer.start_as_current_span(
-            f"publish {event.resource}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": event.subject,
-                "k8s.resource": str(event.resource),
-                "k8s.object.key": event.ref.key,
-                "k8s.resource_version": event.resource_version_text,
-                "k8s.event": event.event.value,
-            },
-        ):
-            propagate.inject(headers, setter=_setter)
+        if self._tracer is not None:
+            with self._tracer.start_as_current_span(
+                f"publish {event.resource}",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": event.subject,
+                    "k8s.resource": str(event.resource),
+                    "k8s.object.key": event.ref.key,
+                    "k8s.resource_version": event.resource_version_text,
+                    "k8s.event": event.event.value,
+                },
+            ):
+                propagate.inject(headers, setter=_setter)
         try:
-            ack = await self._js.publish_async(
-                event.subject, event.payload, headers=headers, wait_stall=_ACK_TIMEOUT
-            )
+            # No wait_stall: with one, nats-py wraps every publish in a task and yields to the
+            # loop, which costs a syscall per message. Our own capacity bounds what is pending.
+            ack = await self._js.publish_async(event.subject, event.payload, headers=headers)
         except (NatsError, OSError) as error:
             self._retry_later(slot, error)
             return
@@ -222,7 +223,7 @@ class BusPublisher:
         error = None if result.cancelled() else result.exception()
         if result.cancelled() or error is not None:
             if isinstance(error, APIError) and error.err_code == _WRONG_LAST_SEQUENCE:
-                metrics.PUBLISH_CONFLICTS.labels(str(event.resource)).inc()
+                metrics.PUBLISH_CONFLICTS.labels(event.resource.label).inc()
                 self._spawn(self._reconcile_conflict(slot))
             else:
                 self._retry_later(slot, error or TimeoutError("ack cancelled"))
@@ -232,7 +233,7 @@ class BusPublisher:
             event.subject,
             Known(ack.seq, event.resource_version, event.uid, event.event is EventType.DELETED),
         )
-        metrics.EVENTS_PUBLISHED.labels(str(event.resource), event.event.value).inc()
+        metrics.EVENTS_PUBLISHED.labels(event.resource.label, event.event.value).inc()
         metrics.PUBLISH_LATENCY.observe(time.monotonic() - event.received)
         self._finish(slot)
 
@@ -290,7 +291,7 @@ class BusPublisher:
                 ),
             )
             if resource_version_number(envelope.resource_version) >= event.resource_version:
-                metrics.STALE_EVENTS.labels(str(event.resource)).inc()
+                metrics.STALE_EVENTS.labels(event.resource.label).inc()
                 self._finish(slot)
                 return
         self._promote_newest(slot)

@@ -26,11 +26,12 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from bus.envelope import EventType, decode_meta, reference_payload, resource_version_number
+from bus.envelope import EventType, decode_meta
 from bus.layout import BusLayout
-from bus.subjects import ObjectRef, ResourceType
+from bus.subjects import ResourceType
 from kubus.kube import ApiResource, GoneError, KubeApiError, KubeClient
 from watcher import metrics
+from watcher.events import ObjectEventFactory
 from watcher.publisher import BusPublisher, ObjectEvent
 
 __all__ = ["ResourceWatcher"]
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 _PAGE_SIZE: Final = 500
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
 _CHECKPOINT_EVERY: Final = 2.0
-# Headers travel inside the max payload too; keep room for them.
-_HEADER_ROOM: Final = 2048
 
 
 class ResourceWatcher:
@@ -64,16 +63,15 @@ class ResourceWatcher:
         self._publisher = publisher
         self._checkpoints = checkpoints
         self._layout = layout
-        self._max_payload = max_payload
         self._watch_timeout = watch_timeout
         self._label = str(resource)
         self._checkpoint_key = f"rv.{resource.tokens}"
-        self._list_prefix = (
-            b'{"apiVersion":"'
-            + api.api_version.encode()
-            + b'","kind":"'
-            + api.kind.encode()
-            + b'",'
+        self._object_event = ObjectEventFactory(
+            api=api,
+            resource=resource,
+            layout=layout,
+            max_payload=max_payload,
+            known=publisher.known,
         )
         # Resource versions submitted, in order, with the future of their publish.
         self._progress: collections.deque[tuple[str, asyncio.Future[None] | None]] = (
@@ -196,43 +194,6 @@ class ResourceWatcher:
                 await self._submit(event)
                 resource_version = event.resource_version_text
         return resource_version
-
-    def _object_event(self, raw: bytes, event_type: EventType | None) -> ObjectEvent:
-        projection = decode_meta(raw)
-        meta = projection.metadata
-        payload = raw
-        if not projection.api_version:  # list items come without apiVersion and kind
-            payload = self._list_prefix + raw[1:]
-            projection.api_version, projection.kind = self.api.api_version, self.api.kind
-        ref = ObjectRef(self.resource, meta.namespace if self.api.namespaced else None, meta.name)
-        subject = self._layout.subject(ref)
-        if event_type is None:
-            known = self._publisher.known(subject)
-            event_type = EventType.ADDED if known is None or known.deleted else EventType.MODIFIED
-        reference = len(payload) + _HEADER_ROOM > self._max_payload
-        if reference:
-            metrics.OVERSIZED_OBJECTS.labels(self._label).inc()
-            log.error(
-                "%s %s is %d bytes, over the NATS max payload of %d: published as a reference "
-                "(readers fetch it from the apiserver)",
-                self._label,
-                ref.key,
-                len(payload),
-                self._max_payload,
-            )
-            payload = reference_payload(projection)
-        metrics.EVENTS_RECEIVED.labels(self._label, event_type.value).inc()
-        return ObjectEvent(
-            resource=self.resource,
-            ref=ref,
-            subject=subject,
-            event=event_type,
-            resource_version=resource_version_number(meta.resource_version),
-            resource_version_text=meta.resource_version,
-            uid=meta.uid,
-            payload=payload,
-            reference=reference,
-        )
 
     async def _submit(self, event: ObjectEvent) -> None:
         done = await self._publisher.submit(event)

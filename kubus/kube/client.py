@@ -14,7 +14,7 @@ import msgspec
 from kubus.kube.config import KubeConfig
 from kubus.kube.errors import GoneError, KubeApiError, UnknownResourceError
 
-__all__ = ["ApiResource", "KubeClient", "ListPage", "WatchEvent"]
+__all__ = ["ApiResource", "KubeClient", "ListPage", "WatchEvent", "decode_watch_event"]
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,12 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[WatchEvent]
             line = bytes(buffer[start:end])
             start = end + 1
             if line.strip():
-                yield _decode_event(line)
+                yield decode_watch_event(line)
         del buffer[:start]
 
 
-def _decode_event(line: bytes) -> WatchEvent:
+def decode_watch_event(line: bytes) -> WatchEvent:
+    """One line of a watch stream; an ERROR event raises :class:`KubeApiError`."""
     event = _event_decoder.decode(line)
     if event.type == "ERROR":
         status = _status_decoder.decode(event.object)

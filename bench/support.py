@@ -241,3 +241,70 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def dev_stack(nodes: int = 3) -> Iterator[dict[str, str]]:
+    """A fresh infrastructure-only dev stack in a temporary dir; yields its env."""
+    from kubus.devstack import DevStack, StackConfig
+
+    state_dir = Path(tempfile.mkdtemp(prefix="kubus-bench-stack-"))
+    stack = DevStack(
+        StackConfig(
+            state_dir=state_dir,
+            binaries=Binaries(cache_dir=default_cache_dir(os.environ)),
+            nodes=nodes,
+            services=False,
+        )
+    )
+    env = stack.up()
+    try:
+        yield env
+    finally:
+        stack.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def watcher_process(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`kubus watcher` against ``env``'s stack, ready (its /readyz answers ok)."""
+    health = _free_port()
+    handle, log_name = tempfile.mkstemp(prefix="kubus-bench-watcher-", suffix=".log")
+    with os.fdopen(handle, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kubus.cli",
+                "watcher",
+                f"--kubeconfig={env['KUBECONFIG']}",
+                f"--nats-url={env['NATS_URL']}",
+                f"--health-probe-bind-address=127.0.0.1:{health}",
+                "--metrics-bind-address=0",
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OTEL_SDK_DISABLED": "true"},
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"watcher did not get ready; see {log_name}") from None
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]

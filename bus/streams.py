@@ -136,8 +136,8 @@ def _normal(value: Any) -> Any:
     """Settings as comparable plain values (enums to their value, floats rounded)."""
     if hasattr(value, "value"):
         return value.value
-    if isinstance(value, float):
-        return round(value, 3)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return round(float(value), 3)
     if isinstance(value, list):
         return sorted(value)
     return value

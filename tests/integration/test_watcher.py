@@ -482,3 +482,37 @@ def _run_kubus(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
         env={**os.environ, **env},
         check=False,
     )
+
+
+def test_each_published_state_carries_the_trace_of_its_publish_span(
+    kube: Any, namespace: str, stack_env: dict[str, str], prefix: str, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(kube)
+    args = (f"--bus-prefix={prefix}", "--resources=v1/configmaps")
+    with watcher(stack_env, tmp_path, *args):  # the stack env carries the OTLP endpoint
+        core.create_namespaced_config_map(namespace, configmap("traced", v="1"))
+        envelope = wait_for(
+            lambda: objects_on_bus(stack_env, prefix, CONFIGMAPS, namespace).get("traced"),
+            timeout=30,
+            what="the configmap on the bus",
+        )
+    assert envelope.traceparent is not None
+    _version, trace_id, _span_id, flags = envelope.traceparent.split("-")
+    assert int(flags, 16) & 0x01, "sampled"
+
+    def trace_in_jaeger() -> Any:
+        url = f"{stack_env['JAEGER_QUERY_URL']}/api/traces/{trace_id}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)["data"] or None
+        except OSError:
+            return None
+
+    traces = wait_for(trace_in_jaeger, timeout=30, what=f"trace {trace_id} in Jaeger")
+    spans = traces[0]["spans"]
+    assert [span["operationName"] for span in spans] == ["publish v1/configmaps"]
+    tags = {tag["key"]: tag["value"] for tag in spans[0]["tags"]}
+    assert tags["k8s.object.key"] == f"{namespace}/traced"
+    assert tags["messaging.destination.name"] == envelope.subject
+    services = {p["serviceName"] for p in traces[0]["processes"].values()}
+    assert services == {"kubus-watcher"}

@@ -62,6 +62,7 @@ def _local_stack(state_dir: Path, *, nodes: int) -> DevStack:
             binaries=Binaries(cache_dir=default_cache_dir(os.environ)),
             nodes=nodes,
             services=False,
+            tied_to_parent=True,
         )
     )
 

@@ -139,6 +139,7 @@ def _up(args: argparse.Namespace) -> int:
         },
         start_timeout=args.start_timeout,
         services=not args.infra_only,
+        tied_to_parent=not args.detach,
     )
     stack = DevStack(config)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)

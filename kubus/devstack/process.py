@@ -8,6 +8,7 @@ clock ticks, which guards ``kubus dev down`` against signalling a recycled pid.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -34,8 +35,15 @@ def spawn(
     *,
     log_path: Path,
     env: Mapping[str, str] | None = None,
+    die_with_parent: bool = False,
 ) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
-    """Start ``argv`` in a new session with its output appended to ``log_path``."""
+    """Start ``argv`` in a new session with its output appended to ``log_path``.
+
+    ``die_with_parent`` asks the kernel to SIGKILL the child if this process dies, even by
+    SIGKILL, so that a foreground stack never outlives its ``kubus dev up``. (SIGKILL, not
+    SIGTERM: all components would get it at once, and an apiserver whose etcd is gone waits
+    long for a graceful end. A dev stack's data is throw-away.)
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         child = subprocess.Popen(
@@ -45,12 +53,22 @@ def spawn(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=None if env is None else dict(env),
+            preexec_fn=_terminate_with_parent if die_with_parent else None,  # noqa: PLW1509
         )
     ticks = _start_ticks(child.pid)
     record = ProcessRecord(
         name, child.pid, ticks if ticks is not None else -1, str(log_path), tuple(argv)
     )
     return record, child
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    # Runs in the child between fork and exec: only async-signal-safe work.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def is_alive(record: ProcessRecord) -> bool:

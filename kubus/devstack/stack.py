@@ -42,6 +42,8 @@ class StackConfig:
     start_timeout: float = 120.0
     # False: the infrastructure only (--infra-only), without the kubus services.
     services: bool = True
+    # True for a foreground stack: its processes die with the process that started them.
+    tied_to_parent: bool = False
 
 
 class DevStack:
@@ -164,6 +166,7 @@ class DevStack:
             launch.argv,
             log_path=layout.path("logs", f"{launch.name}.log"),
             env={**os.environ, **launch.env},
+            die_with_parent=self._config.tied_to_parent,
         )
         self._records.append(record)
         self._children[launch.name] = child

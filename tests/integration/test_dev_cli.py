@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.wait import wait_for
+
 pytestmark = pytest.mark.integration
 
 KUBUS = [sys.executable, "-m", "kubus.cli"]
@@ -63,6 +65,16 @@ def assert_one_error_line(
 def test_detached_up_then_down_leaves_no_process(tmp_path: Path) -> None:
     state_dir = tmp_path / "stack"
     up = run_kubus("dev", "up", "--detach", "--state-dir", str(state_dir), "--nodes", "1")
+    try:
+        _check_detached_stack_then_stop_it(up, state_dir)
+    finally:
+        run_kubus("dev", "down", "--state-dir", str(state_dir))  # whatever failed above
+    assert processes_mentioning(str(state_dir)) == []
+
+
+def _check_detached_stack_then_stop_it(
+    up: subprocess.CompletedProcess[str], state_dir: Path
+) -> None:
     assert up.returncode == 0, up.stderr
     env_lines = dict(line.split("=", 1) for line in (state_dir / "env").read_text().splitlines())
     for key in ("KUBECONFIG", "NATS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "JAEGER_QUERY_URL"):
@@ -76,6 +88,7 @@ def test_detached_up_then_down_leaves_no_process(tmp_path: Path) -> None:
         "kube-apiserver",
         "kube-scheduler",
         "kwok",
+        "kubus-watcher",
     }
     assert all(Path(f"/proc/{pid}").exists() for pid in pids.values())
 
@@ -84,7 +97,6 @@ def test_detached_up_then_down_leaves_no_process(tmp_path: Path) -> None:
 
     still_running = [name for name, pid in pids.items() if _alive(pid)]
     assert still_running == []
-    assert processes_mentioning(str(state_dir)) == []
 
 
 def _alive(pid: int) -> bool:
@@ -168,5 +180,34 @@ def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         if foreground.poll() is None:
             foreground.kill()
+            run_kubus("dev", "down", "--state-dir", str(state_dir))
     assert [record["name"] for record in records if _alive(record["pid"])] == []
     assert processes_mentioning(str(state_dir)) == []
+
+
+def test_a_killed_foreground_up_takes_its_processes_with_it(tmp_path: Path) -> None:
+    state_dir = tmp_path / "stack"
+    foreground = subprocess.Popen(
+        [*KUBUS, "dev", "up", "--infra-only", "--state-dir", str(state_dir), "--nodes", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert foreground.stderr is not None
+        for line in foreground.stderr:
+            if "Ctrl-C stops everything" in line:
+                break
+        records = json.loads((state_dir / "stack.json").read_text())["processes"]
+        foreground.kill()  # SIGKILL: no chance to clean up
+        foreground.wait(timeout=10)
+        wait_for(
+            lambda: not processes_mentioning(str(state_dir)),
+            timeout=30,
+            what="the stack's processes to exit with their parent",
+        )
+    finally:
+        if foreground.poll() is None:
+            foreground.kill()
+        run_kubus("dev", "down", "--state-dir", str(state_dir))
+    assert [record["name"] for record in records if _alive(record["pid"])] == []

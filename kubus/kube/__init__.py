@@ -7,15 +7,27 @@ blocks the event loop and an object is decoded once, only as far as the caller n
 
 from kubus.kube.client import ApiResource, KubeClient, ListPage, WatchEvent
 from kubus.kube.config import KubeConfig, load_kube_config
-from kubus.kube.errors import GoneError, KubeApiError, UnknownResourceError
+from kubus.kube.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    GoneError,
+    InvalidError,
+    KubeApiError,
+    NotFoundError,
+    UnknownResourceError,
+)
 
 __all__ = [
+    "AlreadyExistsError",
     "ApiResource",
+    "ConflictError",
     "GoneError",
+    "InvalidError",
     "KubeApiError",
     "KubeClient",
     "KubeConfig",
     "ListPage",
+    "NotFoundError",
     "UnknownResourceError",
     "WatchEvent",
     "load_kube_config",

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import msgspec
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Tracer
 
 from kubus.kube.config import KubeConfig
-from kubus.kube.errors import GoneError, KubeApiError, UnknownResourceError
+from kubus.kube.errors import KubeApiError, UnknownResourceError, error_for
+from kubus.telemetry import HeaderSetter
 
 __all__ = ["ApiResource", "KubeClient", "ListPage", "WatchEvent", "decode_watch_event"]
 
@@ -77,6 +82,8 @@ class _ResourceList(msgspec.Struct):
     resources: list[_DiscoveredResource] = msgspec.field(default_factory=list)
 
 
+_setter = HeaderSetter()
+_encoder = msgspec.json.Encoder()
 _page_decoder = msgspec.json.Decoder(ListPage)
 _event_decoder = msgspec.json.Decoder(WatchEvent)
 _status_decoder = msgspec.json.Decoder(_Status)
@@ -86,10 +93,22 @@ _resources_decoder = msgspec.json.Decoder(_ResourceList)
 class KubeClient:
     """Use as ``async with KubeClient(config) as kube: ...``; one connection pool per client."""
 
-    def __init__(self, config: KubeConfig, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: KubeConfig,
+        *,
+        timeout: float = 30.0,
+        qps: float | None = None,
+        burst: int = 1,
+        tracer: Tracer | None = None,
+    ) -> None:
+        """``qps``/``burst`` limit writes as client-go's --kube-api-qps/--kube-api-burst do;
+        with a ``tracer`` every write is a client span whose context goes to the apiserver."""
         self._config = config
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._limiter = TokenBucket(qps, burst) if qps else None
+        self._tracer = tracer
 
     async def __aenter__(self) -> KubeClient:
         self._session = aiohttp.ClientSession(
@@ -172,6 +191,114 @@ class KubeClient:
                 raise _error_from(response.status, await response.read())
             yield _events(response)
 
+    # --- writes ---------------------------------------------------------------------------
+
+    async def create(
+        self, resource: ApiResource, namespace: str | None, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return await self._write("POST", _collection(resource, namespace), body)
+
+    async def replace(
+        self,
+        resource: ApiResource,
+        namespace: str | None,
+        name: str,
+        body: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """PUT: optimistic concurrency through ``metadata.resourceVersion`` in ``body``."""
+        path = _item(resource, namespace, name, subresource)
+        return await self._write("PUT", path, body)
+
+    async def patch(
+        self,
+        resource: ApiResource,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any] | list[Any],
+        *,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        content_type = {
+            "merge": "application/merge-patch+json",
+            "strategic": "application/strategic-merge-patch+json",
+            "json": "application/json-patch+json",
+        }[patch_type]
+        path = _item(resource, namespace, name, subresource)
+        return await self._write("PATCH", path, patch, content_type=content_type)
+
+    async def delete(
+        self,
+        resource: ApiResource,
+        namespace: str | None,
+        name: str,
+        *,
+        uid: str | None = None,
+        resource_version: str | None = None,
+        propagation: str | None = None,
+    ) -> dict[str, Any]:
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        preconditions = {
+            key: value
+            for key, value in (("uid", uid), ("resourceVersion", resource_version))
+            if value
+        }
+        if preconditions:
+            options["preconditions"] = preconditions
+        if propagation:
+            options["propagationPolicy"] = propagation
+        return await self._write("DELETE", _item(resource, namespace, name, None), options)
+
+    async def _write(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | list[Any],
+        *,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        session = self._require_session()
+        headers = {"Content-Type": content_type, **self._auth_headers()}
+        span_name = f"{method} {path}"
+        if self._tracer is None:
+            return await self._send(session, method, path, body, headers)
+        with self._tracer.start_as_current_span(
+            span_name,
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": method, "url.path": path},
+        ) as span:
+            propagate.inject(headers, setter=_setter)
+            try:
+                return await self._send(session, method, path, body, headers)
+            except KubeApiError as error:
+                span.set_attribute("http.response.status_code", error.status)
+                raise
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | list[Any],
+        headers: dict[str, str],
+    ) -> dict[str, Any]:
+        async with session.request(
+            method,
+            path,
+            data=_encoder.encode(body),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self._timeout * 2, sock_connect=self._timeout),
+        ) as response:
+            payload = await response.read()
+            if response.status >= 300:
+                raise _error_from(response.status, payload)
+            result: dict[str, Any] = msgspec.json.decode(payload) if payload else {}
+            return result
+
     async def _get(self, path: str, params: Mapping[str, str]) -> bytes:
         session = self._require_session()
         async with session.get(
@@ -210,6 +337,42 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[WatchEvent]
         del buffer[:start]
 
 
+def _collection(resource: ApiResource, namespace: str | None) -> str:
+    base = (
+        f"/apis/{resource.group}/{resource.version}"
+        if resource.group
+        else f"/api/{resource.version}"
+    )
+    if resource.namespaced:
+        return f"{base}/namespaces/{namespace}/{resource.name}"
+    return f"{base}/{resource.name}"
+
+
+def _item(resource: ApiResource, namespace: str | None, name: str, subresource: str | None) -> str:
+    path = f"{_collection(resource, namespace)}/{name}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+class TokenBucket:
+    """client-go's token bucket: ``qps`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self._qps = qps
+        self._burst = max(1, burst)
+        self._tokens = float(self._burst)
+        self._last = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._qps)
+            self._last = now
+            self._tokens -= 1
+            if self._tokens < 0:
+                await asyncio.sleep(-self._tokens / self._qps)
+
+
 def decode_watch_event(line: bytes) -> WatchEvent:
     """One line of a watch stream; an ERROR event raises :class:`KubeApiError`."""
     event = _event_decoder.decode(line)
@@ -228,6 +391,4 @@ def _error_from(status_code: int, body: bytes) -> KubeApiError:
 
 
 def _error(code: int, reason: str, message: str) -> KubeApiError:
-    if code == 410 or reason in ("Expired", "Gone"):
-        return GoneError(410, reason or "Gone", message)
-    return KubeApiError(code, reason, message)
+    return error_for(code, reason, message)

@@ -7,7 +7,15 @@ KubeApiError            the apiserver answered with an error Status
 
 from __future__ import annotations
 
-__all__ = ["GoneError", "KubeApiError", "UnknownResourceError"]
+__all__ = [
+    "AlreadyExistsError",
+    "ConflictError",
+    "GoneError",
+    "InvalidError",
+    "KubeApiError",
+    "NotFoundError",
+    "UnknownResourceError",
+]
 
 
 class KubeApiError(Exception):
@@ -24,3 +32,34 @@ class GoneError(KubeApiError):
 
 class UnknownResourceError(KubeApiError):
     pass
+
+
+class NotFoundError(KubeApiError):
+    pass
+
+
+class ConflictError(KubeApiError):
+    pass
+
+
+class AlreadyExistsError(ConflictError):
+    pass
+
+
+class InvalidError(KubeApiError):
+    pass
+
+
+def error_for(code: int, reason: str, message: str) -> KubeApiError:
+    """The most specific error class for an apiserver Status."""
+    if code == 410 or reason in ("Expired", "Gone"):
+        return GoneError(410, reason or "Gone", message)
+    if code == 404:
+        return NotFoundError(code, reason, message)
+    if code == 409:
+        if reason == "AlreadyExists":
+            return AlreadyExistsError(code, reason, message)
+        return ConflictError(code, reason, message)
+    if code == 422:
+        return InvalidError(code, reason, message)
+    return KubeApiError(code, reason, message)

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -95,7 +94,7 @@ class ObjectStreamReader:
                     batch = await subscription.fetch(
                         batch=min(pending, _BATCH) if bounded else _BATCH, timeout=_FETCH_TIMEOUT
                     )
-                except NatsTimeoutError:
+                except TimeoutError:  # nats-py raises both its own and asyncio's
                     continue
                 for message in batch:
                     metadata = message.metadata

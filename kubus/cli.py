@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from kubus.cliutil import ArgumentParser, fail
 from kubus.devstack import cli as dev_cli
+from reconcilers import cli as reconciler_cli
 from watcher import cli as watcher_cli
 
 __all__ = ["main"]
@@ -21,6 +22,7 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev_cli.add_dev_commands(commands)
     watcher_cli.add_watcher_command(commands)
+    reconciler_cli.add_reconciler_command(commands)
     return parser
 
 
@@ -35,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dev_cli.run(args, prog)
     try:
         code: int = args.handler(args)
-    except watcher_cli.EXPECTED_ERRORS as error:
+    except (*watcher_cli.EXPECTED_ERRORS, *reconciler_cli.EXPECTED_ERRORS) as error:
         fail(prog, str(error))
     except KeyboardInterrupt:
         return 130

@@ -191,6 +191,12 @@ class KubeClient:
                 raise _error_from(response.status, await response.read())
             yield _events(response)
 
+    async def get(self, resource: ApiResource, namespace: str | None, name: str) -> dict[str, Any]:
+        """A live read (not the cache): for the few checks that must see the present."""
+        body = await self._get(_item(resource, namespace, name, None), {})
+        result: dict[str, Any] = msgspec.json.decode(body)
+        return result
+
     # --- writes ---------------------------------------------------------------------------
 
     async def create(

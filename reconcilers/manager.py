@@ -1,0 +1,384 @@
+"""The reconciler process: partitions, cache, work queues and controllers wired together.
+
+Like controller-runtime's manager: it owns the shared cache and clients, starts the
+controllers' workers, serves probes and metrics, and stops everything in order on SIGTERM
+(stop pulling, finish in-flight reconciles, hand the partitions back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanKind, Tracer
+
+from bus.envelope import Envelope
+from bus.layout import BusLayout
+from bus.streams import ensure_bucket, ensure_object_stream
+from bus.subjects import ObjectRef, ResourceType, partition_of
+from kubus.kube import ApiResource, KubeClient, load_kube_config
+from kubus.serving import BindAddress, ProbeServer
+from kubus.telemetry import HeaderGetter, setup_tracing, shutdown_tracing
+from reconcilers import metrics
+from reconcilers.cache import ObjectCache
+from reconcilers.controller import Context, Controller, Request, Scope, TerminalError
+from reconcilers.events import EventRecorder
+from reconcilers.ownership import LeaseTiming, PartitionOwnership
+from reconcilers.partition import PartitionRunner
+from reconcilers.workqueue import ShutDown, WorkQueue
+
+__all__ = ["Manager", "ManagerConfig", "ManagerError"]
+
+log = logging.getLogger(__name__)
+_getter = HeaderGetter()
+
+
+class ManagerError(Exception):
+    """The reconciler cannot start; the message says why."""
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    nats_url: str
+    pool: str
+    controllers: tuple[type[Any], ...]
+    layout: BusLayout = field(default_factory=BusLayout)
+    kubeconfig: Path | None = None
+    concurrency: dict[str, int] = field(default_factory=dict)
+    kube_api_qps: float = 20.0
+    kube_api_burst: int = 30
+    timing: LeaseTiming = field(default_factory=LeaseTiming)
+    health: BindAddress | None = None
+    metrics: BindAddress | None = None
+    member: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+
+
+class _Acks:
+    """A message is acknowledged once every request it made has been reconciled after it."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, Request], list[list[Any]]] = defaultdict(list)
+
+    def track(self, message: Msg, envelope: Envelope, keys: Sequence[tuple[str, Request]]) -> None:
+        entry: list[Any] = [message, envelope, len(keys)]
+        for key in keys:
+            self._waiting[key].append(entry)
+
+    def take(self, key: tuple[str, Request]) -> list[list[Any]]:
+        return self._waiting.pop(key, [])
+
+    def put_back(self, key: tuple[str, Request], entries: list[list[Any]]) -> None:
+        if entries:
+            self._waiting[key][:0] = entries
+
+    def forget_partition(self, partition: int, layout: BusLayout) -> None:
+        for key in [k for k in self._waiting if _partition(k[1], layout) == partition]:
+            del self._waiting[key]
+
+
+def _partition(request: Request, layout: BusLayout) -> int:
+    return partition_of(request.namespace, request.name, layout.partitions)
+
+
+class Manager:
+    def __init__(self, config: ManagerConfig) -> None:
+        self._config = config
+        self._layout = config.layout
+        self._cache = ObjectCache()
+        self._acks = _Acks()
+        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._replayed: dict[int, asyncio.Event] = {}
+        self._controllers: dict[str, Controller] = {}
+        self._queues: dict[str, WorkQueue[Request]] = {}
+        self._reads: dict[ResourceType, list[str]] = defaultdict(list)
+        self._tracer: Tracer | None = None
+        self._ownership: PartitionOwnership | None = None
+        self._js: Any = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        config = self._config
+        self._tracer = setup_tracing("kubus-reconciler")
+        nc = await _connect(config.nats_url, config.member)
+        try:
+            js = nc.jetstream()
+            self._js = js
+            await ensure_object_stream(js, self._layout)
+            members = await ensure_bucket(
+                js,
+                f"{self._layout.prefix}-{config.pool}-members",
+                ttl_seconds=config.timing.lease_duration,
+            )
+            leases = await ensure_bucket(
+                js,
+                f"{self._layout.prefix}-{config.pool}-leases",
+                ttl_seconds=config.timing.lease_duration,
+            )
+            kube_config = load_kube_config(config.kubeconfig)
+            async with KubeClient(
+                kube_config,
+                qps=config.kube_api_qps,
+                burst=config.kube_api_burst,
+                tracer=self._tracer,
+            ) as kube:
+                events = EventRecorder(kube, host=config.member)
+                context = Context(
+                    cache=self._cache,
+                    kube=kube,
+                    apis=await self._discover(kube),
+                    events=events,
+                    tracer=self._tracer,
+                )
+                for controller_type in config.controllers:
+                    controller: Controller = controller_type(context)
+                    self._controllers[controller.name] = controller
+                    self._queues[controller.name] = WorkQueue(controller.name)
+                    for resource in controller.reads:
+                        self._reads[resource].append(controller.name)
+                self._ownership = PartitionOwnership(
+                    member=config.member,
+                    members=members,
+                    leases=leases,
+                    partitions=self._layout.partitions,
+                    timing=config.timing,
+                    on_acquired=self._start_partition,
+                    on_lost=self._stop_partition,
+                )
+                probes = ProbeServer(health=config.health, metrics=config.metrics)
+                probes.add_liveness("ping", lambda: None)
+                probes.add_readiness("partitions", self._readiness)
+                await probes.start()
+                try:
+                    await self._serve(stop, events)
+                finally:
+                    await probes.stop()
+        finally:
+            await _close(nc)
+            shutdown_tracing()
+
+    async def _serve(self, stop: asyncio.Event, events: EventRecorder) -> None:
+        assert self._ownership is not None
+        async with asyncio.TaskGroup() as group:
+            workers = [
+                group.create_task(self._work(name, queue))
+                for name, queue in self._queues.items()
+                for _ in range(self._concurrency(name))
+            ]
+            sender = group.create_task(events.run())
+            owning = group.create_task(self._ownership.run())
+            await stop.wait()
+            log.info("stopping: no more pulls, then in-flight reconciles, then partitions")
+            for task in list(self._runners.values()):
+                task.cancel()
+            await asyncio.gather(*self._runners.values(), return_exceptions=True)
+            for queue in self._queues.values():
+                await queue.shut_down_with_drain()
+            await asyncio.gather(*workers, return_exceptions=True)
+            owning.cancel()
+            await asyncio.gather(owning, return_exceptions=True)
+            sender.cancel()
+
+    def _concurrency(self, name: str) -> int:
+        controller = self._controllers[name]
+        return self._config.concurrency.get(name, controller.default_concurrency)
+
+    async def _discover(self, kube: KubeClient) -> dict[ResourceType, ApiResource]:
+        needed: set[ResourceType] = {ResourceType("", "v1", "pods")}
+        for controller_type in self._config.controllers:
+            needed.update(controller_type.reads)
+        apis = {}
+        for resource in sorted(needed):
+            apis[resource] = await kube.discover(
+                resource.group, resource.version, resource.resource
+            )
+        return apis
+
+    # --- partitions ---------------------------------------------------------------------
+
+    async def _start_partition(self, partition: int) -> None:
+        runner = PartitionRunner(
+            partition=partition,
+            js=self._js,
+            layout=self._layout,
+            pool=self._config.pool,
+            deliver=self._deliver,
+            wanted=lambda ref: ref.resource in self._reads,
+        )
+        self._replayed[partition] = runner.replayed
+        self._runners[partition] = asyncio.get_running_loop().create_task(
+            self._run_partition(runner)
+        )
+        metrics.PARTITIONS_OWNED.set(len(self._runners))
+
+    async def _run_partition(self, runner: PartitionRunner) -> None:
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("partition %d: runner failed", runner.partition)
+            raise
+
+    async def _stop_partition(self, partition: int) -> None:
+        task = self._runners.pop(partition, None)
+        self._replayed.pop(partition, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._cache.drop_partition(partition)
+        self._acks.forget_partition(partition, self._layout)
+        metrics.PARTITIONS_OWNED.set(len(self._runners))
+        with contextlib.suppress(KeyError):
+            metrics.CONSUMER_LAG.remove(str(partition))
+
+    def _readiness(self) -> str | None:
+        if self._ownership is None or not self._ownership.live_members:
+            return "partition ownership not settled yet"
+        waiting = [p for p, replayed in self._replayed.items() if not replayed.is_set()]
+        return f"replaying partitions {waiting}" if waiting else None
+
+    def _deliver(
+        self, partition: int, ref: ObjectRef, envelope: Envelope, message: Msg | None
+    ) -> bool:
+        """Apply to the cache and queue the requests; True if ``message`` awaits them."""
+        previous = self._cache.apply(partition, ref, envelope)
+        current = (
+            None if envelope.deleted else self._cache.get(ref.resource, ref.namespace, ref.name)
+        )
+        metrics.CACHED_OBJECTS.set(len(self._cache))
+        keys: list[tuple[str, Request]] = []
+        for name in self._reads.get(ref.resource, ()):
+            for request in self._controllers[name].requests_for(ref.resource, current, previous):
+                queue = self._queues[name]
+                queue.add(request)
+                metrics.WORKQUEUE_ADDS.labels(name).inc()
+                metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
+                keys.append((name, request))
+        if message is not None and keys:
+            self._acks.track(message, envelope, keys)
+            return True
+        return False
+
+    # --- workers ------------------------------------------------------------------------
+
+    async def _work(self, name: str, queue: WorkQueue[Request]) -> None:
+        controller = self._controllers[name]
+        while True:
+            try:
+                request = await queue.get()
+            except ShutDown:
+                return
+            metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
+            since = queue.queued_since(request)
+            if since is not None:
+                metrics.WORKQUEUE_LATENCY.labels(name).observe(time.monotonic() - since)
+            try:
+                await self._reconcile(name, controller, queue, request)
+            finally:
+                queue.done(request)
+
+    async def _reconcile(
+        self, name: str, controller: Controller, queue: WorkQueue[Request], request: Request
+    ) -> None:
+        key = (name, request)
+        if controller.scope is Scope.PARTITIONED and (
+            _partition(request, self._layout) not in self._runners
+        ):
+            self._acks.take(key)
+            queue.forget(request)
+            return
+        waiting = self._acks.take(key)
+        started = time.monotonic()
+        try:
+            with self._span(name, request, waiting):
+                result = await controller.reconcile(request)
+        except TerminalError as error:
+            log.error("%s: %s: %s (not retried)", name, request.key, error)
+            queue.forget(request)
+        except Exception as error:
+            metrics.RECONCILE_ERRORS.labels(name).inc()
+            metrics.WORKQUEUE_RETRIES.labels(name).inc()
+            log.warning(
+                "%s: sync %s failed: %s",
+                name,
+                request.key,
+                error,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            self._acks.put_back(key, waiting)
+            queue.add_rate_limited(request)
+            return
+        else:
+            queue.forget(request)
+            if result.requeue_after is not None:
+                queue.add_after(request, result.requeue_after)
+        finally:
+            metrics.RECONCILE_DURATION.labels(name).observe(time.monotonic() - started)
+        for entry in waiting:
+            entry[2] -= 1
+            if entry[2] == 0:
+                await entry[0].ack()
+
+    def _span(self, name: str, request: Request, waiting: list[list[Any]]) -> Any:
+        if self._tracer is None:
+            return _NoSpan()
+        contexts = [
+            propagate.extract({"traceparent": entry[1].traceparent}, getter=_getter)
+            for entry in waiting
+            if entry[1].traceparent
+        ]
+        parent = contexts[-1] if contexts else None
+        links = [
+            Link(trace.get_current_span(context).get_span_context()) for context in contexts[:-1]
+        ]
+        return self._tracer.start_as_current_span(
+            f"reconcile {name}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "kubus.controller": name,
+                "k8s.object.key": request.key,
+                "kubus.member": self._config.member,
+            },
+        )
+
+
+class _NoSpan:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+async def _connect(url: str, member: str) -> NatsClient:
+    try:
+        return await nats.connect(
+            url,
+            name=f"kubus-reconciler-{member}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+        )
+    except (OSError, nats.errors.Error, TimeoutError) as failure:
+        raise ManagerError(f"cannot connect to NATS at {url}: {failure}") from failure
+
+
+async def _close(nc: NatsClient) -> None:
+    try:
+        await nc.drain()
+    except (nats.errors.Error, TimeoutError, OSError):
+        await nc.close()

@@ -1,0 +1,142 @@
+"""One owned partition: replay it into the cache, then follow the pool's durable consumer.
+
+Replay first (every object of the partition, latest state), so the cache is whole before any
+request is served; every replayed object then makes its requests, as an informer's initial
+list does. The durable consumer ``<pool>-p<NN>`` is created to start right after the replay
+(or, if a previous owner left it, resumes from its acknowledged floor); each delivery updates
+the cache and makes requests, and is acknowledged once those requests are reconciled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from bus.envelope import Envelope
+from bus.errors import BusError
+from bus.layout import BusLayout
+from bus.reader import ObjectStreamReader
+from bus.subjects import ObjectRef
+from reconcilers import metrics
+
+__all__ = ["Delivery", "PartitionRunner"]
+
+log = logging.getLogger(__name__)
+
+_FETCH_BATCH: Final = 256
+_FETCH_TIMEOUT: Final = 2.0
+_ACK_WAIT: Final = 300.0
+_MAX_ACK_PENDING: Final = 2000
+
+# (partition, object, its envelope, its message or None when replayed) -> whether the message
+# is acknowledged later (after the reconciles it causes) rather than at once
+Delivery = Callable[[int, ObjectRef, Envelope, Msg | None], bool]
+
+
+class PartitionRunner:
+    def __init__(
+        self,
+        *,
+        partition: int,
+        js: JetStreamContext,
+        layout: BusLayout,
+        pool: str,
+        deliver: Delivery,
+        wanted: Callable[[ObjectRef], bool],
+    ) -> None:
+        self.partition = partition
+        self.replayed = asyncio.Event()
+        self._js = js
+        self._layout = layout
+        self._deliver = deliver
+        self._wanted = wanted
+        self._durable = f"{pool}-p{partition:02d}"
+        self._filter = layout.partition_filter(partition)
+
+    async def run(self) -> None:
+        last = await self._replay()
+        self.replayed.set()
+        while True:
+            try:
+                await self._follow(last + 1)
+            except (NatsError, TimeoutError, NotFoundError) as error:
+                # e.g. the server restarted and the consumer is gone (nats.py #504): recreate.
+                log.warning("partition %d: consumer failed (%r); re-binding", self.partition, error)
+                await asyncio.sleep(1.0)
+
+    async def _replay(self) -> int:
+        reader = ObjectStreamReader(self._js, self._layout)
+        last = 0
+        count = 0
+        async for envelope in reader.replay(self._filter):
+            last = max(last, envelope.sequence)
+            ref = self._decode(envelope.subject)
+            if ref is not None and self._wanted(ref):
+                self._deliver(self.partition, ref, envelope, None)
+                count += 1
+        log.info(
+            "partition %d: replayed %d objects (up to sequence %d)", self.partition, count, last
+        )
+        return last
+
+    async def _follow(self, start: int) -> None:
+        config = ConsumerConfig(
+            durable_name=self._durable,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=_ACK_WAIT,
+            max_ack_pending=_MAX_ACK_PENDING,
+            filter_subject=self._filter,
+        )
+        subscription = await self._js.pull_subscribe(
+            self._filter, durable=self._durable, stream=self._layout.object_stream, config=config
+        )
+        fetched = 0
+        while True:
+            try:
+                messages = await subscription.fetch(_FETCH_BATCH, timeout=_FETCH_TIMEOUT)
+            except TimeoutError:  # nats-py raises both its own and asyncio's
+                messages = []
+            settled = [message for message in messages if not self._handle(message)]
+            for message in settled:  # nothing to reconcile: acknowledged at once
+                await message.ack()
+            fetched += len(messages)
+            if not messages or fetched >= 10 * _FETCH_BATCH:
+                fetched = 0
+                info = await subscription.consumer_info()
+                metrics.CONSUMER_LAG.labels(str(self.partition)).set(
+                    (info.num_pending or 0) + (info.num_ack_pending or 0)
+                )
+
+    def _handle(self, message: Msg) -> bool:
+        """Deliver one message; False when it can be acknowledged at once."""
+        try:
+            envelope = Envelope.from_message(
+                subject=message.subject,
+                sequence=message.metadata.sequence.stream,
+                headers=message.headers,
+                payload=message.data,
+            )
+        except BusError as error:
+            log.error("partition %d: %s; dropped", self.partition, error)
+            return False
+        ref = self._decode(envelope.subject)
+        if ref is None or not self._wanted(ref):
+            return False
+        return self._deliver(self.partition, ref, envelope, message)
+
+    def _decode(self, subject: str) -> ObjectRef | None:
+        try:
+            return self._layout.decode(subject)[1]
+        except BusError as error:
+            log.error("partition %d: %s", self.partition, error)
+            return None

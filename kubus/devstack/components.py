@@ -31,6 +31,7 @@ __all__ = [
     "jaeger_launch",
     "kwok_launch",
     "nats_launch",
+    "reconciler_launch",
     "scheduler_launch",
     "watcher_launch",
 ]
@@ -56,7 +57,12 @@ PORT_NAMES = (
     "jaeger-query-grpc",
     "watcher-health",
     "watcher-metrics",
+    "reconciler-0-health",
+    "reconciler-0-metrics",
+    "reconciler-1-health",
+    "reconciler-1-metrics",
 )
+RECONCILERS = 2
 
 
 @dataclass(frozen=True)
@@ -299,5 +305,25 @@ def watcher_launch(layout: Layout) -> Launch:
         "kubus-watcher",
         argv,
         _http_probe(layout.url("watcher-health") + "/readyz", expect=b"ok"),
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": layout.url("otlp-grpc")},
+    )
+
+
+def reconciler_launch(layout: Layout, index: int) -> Launch:
+    """Process ``index`` of the dev stack's reconciler pool (pool ``default``)."""
+    argv = (
+        sys.executable,
+        "-m",
+        "kubus.cli",
+        "reconciler",
+        f"--kubeconfig={layout.kubeconfig}",
+        f"--nats-url=nats://{HOST}:{layout.ports['nats']}",
+        f"--health-probe-bind-address={HOST}:{layout.ports[f'reconciler-{index}-health']}",
+        f"--metrics-bind-address={HOST}:{layout.ports[f'reconciler-{index}-metrics']}",
+    )
+    return Launch(
+        f"kubus-reconciler-{index}",
+        argv,
+        _http_probe(layout.url(f"reconciler-{index}-health") + "/readyz", expect=b"ok"),
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": layout.url("otlp-grpc")},
     )

@@ -139,9 +139,14 @@ class DevStack:
         )
         progress(f"{self._config.nodes} fake nodes Ready")
         if self._config.services:
-            watcher = components.watcher_launch(layout)
-            self._spawn(watcher, layout)
-            self._await_ready(watcher, progress)
+            services = [
+                components.watcher_launch(layout),
+                *(components.reconciler_launch(layout, i) for i in range(components.RECONCILERS)),
+            ]
+            for launch in services:
+                self._spawn(launch, layout)
+            for launch in services:
+                self._await_ready(launch, progress)
 
     def stop_component(self, name: str) -> None:
         """Stop one component (tests use it to take a server away and bring it back)."""

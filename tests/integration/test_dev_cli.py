@@ -89,6 +89,8 @@ def _check_detached_stack_then_stop_it(
         "kube-scheduler",
         "kwok",
         "kubus-watcher",
+        "kubus-reconciler-0",
+        "kubus-reconciler-1",
     }
     assert all(Path(f"/proc/{pid}").exists() for pid in pids.values())
 

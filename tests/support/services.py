@@ -110,3 +110,59 @@ def watcher(
     finally:
         if process.running:
             process.stop()
+
+
+class Pool:
+    """A watcher and N reconciler processes sharing one bus prefix: kubus, as deployed."""
+
+    def __init__(
+        self,
+        stack_env: Mapping[str, str],
+        tmp_path: Path,
+        prefix: str,
+        reconcilers: int,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self._env = {**os.environ, **stack_env}
+        common = [
+            f"--kubeconfig={stack_env['KUBECONFIG']}",
+            f"--nats-url={stack_env['NATS_URL']}",
+            f"--bus-prefix={prefix}",
+        ]
+        self.watcher = ServiceProcess(
+            ["watcher", *common], env=self._env, log=tmp_path / "watcher.log"
+        )
+        self.reconcilers = [
+            ServiceProcess(
+                ["reconciler", *common, *extra],
+                env=self._env,
+                log=tmp_path / f"reconciler-{index}.log",
+            )
+            for index in range(reconcilers)
+        ]
+
+    def start(self) -> None:
+        self.watcher.start()
+        for process in self.reconcilers:
+            process.start(wait_ready=False)
+        for process in self.reconcilers:
+            wait_for(process.ready, timeout=60, what=f"reconciler /readyz ({process.log})")
+
+    def stop(self) -> None:
+        for process in [*self.reconcilers, self.watcher]:
+            if process.running:
+                process.stop()
+
+
+@contextmanager
+def kubus_pool(
+    stack_env: Mapping[str, str], tmp_path: Path, *, reconcilers: int = 1, extra: Sequence[str] = ()
+) -> Iterator[Pool]:
+    import uuid
+
+    pool = Pool(stack_env, tmp_path, "t" + uuid.uuid4().hex[:10], reconcilers, extra)
+    try:
+        pool.start()
+        yield pool
+    finally:
+        pool.stop()

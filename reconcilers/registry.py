@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.replicaset import ReplicaSetController
 
 __all__ = ["IMPLEMENTED", "KNOWN", "ControllerSelectionError", "select_controllers"]
@@ -56,6 +57,7 @@ KNOWN: Final[dict[str, tuple[str, ...]]] = {
 DISABLED_BY_DEFAULT: Final = frozenset({"bootstrap-signer-controller", "token-cleaner-controller"})
 
 IMPLEMENTED: Final[dict[str, type[Any]]] = {
+    DeploymentController.name: DeploymentController,
     ReplicaSetController.name: ReplicaSetController,
 }
 

@@ -1,0 +1,179 @@
+"""Deployment arithmetic and bookkeeping (deployment/util): pure functions on API objects."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import math
+from collections.abc import Iterable
+from typing import Any, Final
+
+__all__ = [
+    "compute_hash",
+    "equal_ignore_hash",
+    "max_surge",
+    "max_unavailable",
+    "new_rs_new_replicas",
+    "resolve_fenceposts",
+    "revision",
+    "scaled_value",
+]
+
+Object = dict[str, Any]
+
+POD_TEMPLATE_HASH: Final = "pod-template-hash"
+REVISION: Final = "deployment.kubernetes.io/revision"
+REVISION_HISTORY: Final = "deployment.kubernetes.io/revision-history"
+DESIRED_REPLICAS: Final = "deployment.kubernetes.io/desired-replicas"
+MAX_REPLICAS: Final = "deployment.kubernetes.io/max-replicas"
+ROLLBACK_TO: Final = "deprecated.deployment.rollback.to"
+LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
+NOT_COPIED: Final = frozenset(
+    {LAST_APPLIED, REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS, ROLLBACK_TO}
+)
+MAX_INT32: Final = 2**31 - 1
+_SAFE_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def compute_hash(template: Object, collision_count: int | None) -> str:
+    """The pod-template-hash: FNV-1a 32 of the template, then the collision count, encoded
+    with Kubernetes' vowel-free alphabet.
+
+    kube-controller-manager hashes a Go debug print of the template struct; kubus hashes the
+    template's canonical JSON (sorted keys). The shape, encoding and collision handling are the
+    same; the values differ, which only changes the names of ReplicaSets kubus creates:
+    matching a Deployment to its ReplicaSets never uses the hash (see equal_ignore_hash).
+    """
+    value = 0x811C9DC5
+    data = json.dumps(template, sort_keys=True, separators=(",", ":")).encode()
+    if collision_count is not None:
+        data += (collision_count & 0xFFFFFFFF).to_bytes(4, "little") + b"\0\0\0\0"
+    for byte in data:
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return "".join(_SAFE_ALPHABET[ord(digit) % len(_SAFE_ALPHABET)] for digit in str(value))
+
+
+def _normalized(value: Any) -> Any:
+    """Semantic equality as apimachinery's: empty maps/lists and nulls are all 'unset'."""
+    if isinstance(value, dict):
+        cleaned = {k: _normalized(v) for k, v in value.items()}
+        return {k: v for k, v in cleaned.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
+
+
+def equal_ignore_hash(first: Object, second: Object) -> bool:
+    """Two pod templates equal once the pod-template-hash label is set aside."""
+    first, second = copy.deepcopy(first), copy.deepcopy(second)
+    for template in (first, second):
+        labels = (template.get("metadata") or {}).get("labels")
+        if labels:
+            labels.pop(POD_TEMPLATE_HASH, None)
+    return bool(_normalized(first) == _normalized(second))
+
+
+def scaled_value(value: int | str | None, total: int, *, round_up: bool) -> int:
+    if value is None:
+        raise ValueError("nil value for IntOrString")
+    if isinstance(value, int):
+        return value
+    if not value.endswith("%"):
+        raise ValueError("invalid type: string is not a percentage")
+    try:
+        percent = int(value[:-1])
+    except ValueError as error:
+        raise ValueError(f"invalid value for IntOrString: invalid value {value!r}") from error
+    scaled = float(percent) * float(total) / 100
+    return math.ceil(scaled) if round_up else math.floor(scaled)
+
+
+def resolve_fenceposts(surge: Any, unavailable: Any, desired: int) -> tuple[int, int]:
+    """maxSurge rounds up, maxUnavailable rounds down; both 0 makes maxUnavailable 1."""
+    resolved_surge = scaled_value(surge if surge is not None else 0, desired, round_up=True)
+    resolved_unavailable = scaled_value(
+        unavailable if unavailable is not None else 0, desired, round_up=False
+    )
+    if resolved_surge == 0 and resolved_unavailable == 0:
+        return 0, 1
+    return resolved_surge, resolved_unavailable
+
+
+def replicas(obj: Object | None) -> int:
+    if obj is None:
+        return 0
+    return int(obj.get("spec", {}).get("replicas", 1))
+
+
+def _rolling(deployment: Object) -> Object:
+    rolling: Object = deployment.get("spec", {}).get("strategy", {}).get("rollingUpdate") or {}
+    return rolling
+
+
+def is_recreate(deployment: Object) -> bool:
+    strategy: str = deployment.get("spec", {}).get("strategy", {}).get("type", "")
+    return strategy == "Recreate"
+
+
+def max_surge(deployment: Object) -> int:
+    if is_recreate(deployment):
+        return 0
+    rolling = _rolling(deployment)
+    surge, _ = resolve_fenceposts(
+        rolling.get("maxSurge", "25%"), rolling.get("maxUnavailable", "25%"), replicas(deployment)
+    )
+    return surge
+
+
+def max_unavailable(deployment: Object) -> int:
+    desired = replicas(deployment)
+    if is_recreate(deployment) or desired == 0:
+        return 0
+    rolling = _rolling(deployment)
+    _, unavailable = resolve_fenceposts(
+        rolling.get("maxSurge", "25%"), rolling.get("maxUnavailable", "25%"), desired
+    )
+    return min(unavailable, desired)
+
+
+def new_rs_new_replicas(deployment: Object, all_rss: Iterable[Object], new_rs: Object) -> int:
+    desired = replicas(deployment)
+    if is_recreate(deployment):
+        return desired
+    surge = scaled_value(_rolling(deployment).get("maxSurge", "25%"), desired, round_up=True)
+    current = sum(replicas(rs) for rs in all_rss)
+    max_total = desired + surge
+    if current >= max_total:
+        return replicas(new_rs)
+    return replicas(new_rs) + min(max_total - current, desired - replicas(new_rs))
+
+
+def revision(obj: Object) -> int:
+    text = (obj.get("metadata", {}).get("annotations") or {}).get(REVISION)
+    if not text:
+        return 0
+    return int(text)
+
+
+def max_revision(rss: Iterable[Object]) -> int:
+    best = 0
+    for rs in rss:
+        try:
+            best = max(best, revision(rs))
+        except ValueError:
+            continue
+    return best
+
+
+def status_sum(rss: Iterable[Object], field: str) -> int:
+    return sum(int((rs.get("status") or {}).get(field) or 0) for rs in rss)
+
+
+def now_text() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def creation_key(rs: Object) -> tuple[str, str]:
+    meta = rs.get("metadata", {})
+    return meta.get("creationTimestamp", ""), meta.get("name", "")

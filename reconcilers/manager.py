@@ -29,7 +29,7 @@ from bus.envelope import Envelope
 from bus.layout import BusLayout
 from bus.streams import ensure_bucket, ensure_object_stream
 from bus.subjects import ObjectRef, ResourceType, partition_of
-from kubus.kube import ApiResource, ConflictError, KubeClient, load_kube_config
+from kubus.kube import ApiResource, KubeClient, load_kube_config
 from kubus.serving import BindAddress, ProbeServer
 from kubus.telemetry import HeaderGetter, setup_tracing, shutdown_tracing
 from reconcilers import metrics

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from bus.layout import BusLayout
 from bus.subjects import DEFAULT_PARTITIONS
 from kubus.cliutil import ArgumentParser
 from kubus.kube import KubeApiError
+from kubus.service import run_service
 from kubus.serving import BindAddress, parse_bind_address
 from reconcilers.manager import Manager, ManagerConfig, ManagerError
 from reconcilers.ownership import LeaseTiming
@@ -133,11 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(config: ManagerConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await Manager(config).run(stop)
+    manager = Manager(config)
+    await run_service(manager.run)
 
 
 def _merged(args: argparse.Namespace) -> dict[str, Any]:

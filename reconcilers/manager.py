@@ -44,6 +44,7 @@ __all__ = ["Manager", "ManagerConfig", "ManagerError"]
 
 log = logging.getLogger(__name__)
 _getter = HeaderGetter()
+CONNECT_TIMEOUT = 30.0
 
 
 class ManagerError(Exception):
@@ -108,7 +109,7 @@ class Manager:
         self._ownership: PartitionOwnership | None = None
         self._js: Any = None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, serving: asyncio.Event | None = None) -> None:
         config = self._config
         self._tracer = setup_tracing("kubus-reconciler")
         nc = await _connect(config.nats_url, config.member)
@@ -160,6 +161,8 @@ class Manager:
                 probes.add_liveness("ping", lambda: None)
                 probes.add_readiness("partitions", self._readiness)
                 await probes.start()
+                if serving is not None:
+                    serving.set()
                 try:
                     await self._serve(stop, events)
                 finally:
@@ -378,7 +381,7 @@ async def _connect(url: str, member: str) -> NatsClient:
 
 
 async def _close(nc: NatsClient) -> None:
-    try:
-        await nc.drain()
-    except (nats.errors.Error, TimeoutError, OSError):
-        await nc.close()
+    # Not drain(): acknowledgements are sent already, and drain waits up to 30 s.
+    with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+        await nc.flush(timeout=2)
+    await nc.close()

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 from bus.errors import BusError
@@ -14,6 +13,7 @@ from bus.layout import BusLayout
 from bus.subjects import DEFAULT_PARTITIONS
 from kubus.cliutil import ArgumentParser
 from kubus.kube import KubeApiError
+from kubus.service import run_service
 from kubus.serving import BindAddress, parse_bind_address
 from watcher.config import DEFAULT_RESOURCES, WatcherConfig, WatcherConfigError, parse_resources
 from watcher.service import WatcherError, run_watcher
@@ -113,11 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(config: WatcherConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await run_watcher(config, stop=stop)
+    await run_service(lambda stop, serving: run_watcher(config, stop=stop, serving=serving))
 
 
 # The errors `kubus watcher` turns into one line and exit code 1.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import nats
@@ -20,12 +21,16 @@ __all__ = ["WatcherError", "run_watcher"]
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = 30.0
+
 
 class WatcherError(Exception):
     """The watcher cannot start; the message says why."""
 
 
-async def run_watcher(config: WatcherConfig, *, stop: asyncio.Event) -> None:
+async def run_watcher(
+    config: WatcherConfig, *, stop: asyncio.Event, serving: asyncio.Event | None = None
+) -> None:
     tracer = setup_tracing("kubus-watcher")
     kube_config = load_kube_config(config.kubeconfig)
     nc = await _connect(config.nats_url)
@@ -71,6 +76,8 @@ async def run_watcher(config: WatcherConfig, *, stop: asyncio.Event) -> None:
             for watcher in watchers:
                 probes.add_readiness(f"synced:{watcher.resource}", _synced(watcher))
             await probes.start()
+            if serving is not None:
+                serving.set()
             try:
                 async with asyncio.TaskGroup() as group:
                     tasks = [group.create_task(watcher.run()) for watcher in watchers]
@@ -101,22 +108,27 @@ async def _connect(url: str) -> NatsClient:
         log.warning("NATS: %s", exc)
 
     try:
-        return await nats.connect(
-            url,
-            name="kubus-watcher",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-            connect_timeout=5,
+        return await asyncio.wait_for(
+            nats.connect(
+                url,
+                name="kubus-watcher",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                connect_timeout=5,
+            ),
+            timeout=CONNECT_TIMEOUT,
         )
     except (OSError, nats.errors.Error, TimeoutError) as failure:
-        raise WatcherError(f"cannot connect to NATS at {url}: {failure}") from failure
+        raise WatcherError(
+            f"cannot connect to NATS at {url} within {CONNECT_TIMEOUT:.0f}s: {failure!r}"
+        ) from failure
 
 
 async def _close(nc: NatsClient) -> None:
-    try:
-        await nc.drain()
-    except (nats.errors.Error, TimeoutError, OSError):
-        await nc.close()
+    # Not drain(): every publish is acknowledged by now, and drain waits up to 30 s.
+    with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+        await nc.flush(timeout=2)
+    await nc.close()

@@ -68,10 +68,19 @@ class ServiceProcess:
                 total += float(value)
         return total
 
-    def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 45) -> int:
+        """Signal the process and wait; a process that outlives ``timeout`` is killed and the
+        test fails: a service that ignores SIGTERM is a bug."""
         assert self._process is not None
         self._process.send_signal(sig)
-        return self._process.wait(timeout=timeout)
+        try:
+            return self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+            raise AssertionError(
+                f"{self.command[0]} ignored {sig!r} for {timeout}s ({self.log})"
+            ) from None
 
     def kill(self) -> None:
         self.stop(sig=signal.SIGKILL)
@@ -149,9 +158,14 @@ class Pool:
             wait_for(process.ready, timeout=60, what=f"reconciler /readyz ({process.log})")
 
     def stop(self) -> None:
+        failures = []
         for process in [*self.reconcilers, self.watcher]:
             if process.running:
-                process.stop()
+                try:
+                    process.stop()
+                except AssertionError as failure:
+                    failures.append(str(failure))
+        assert not failures, failures
 
 
 @contextmanager

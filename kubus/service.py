@@ -1,0 +1,62 @@
+"""Running a long-lived kubus service until SIGTERM/SIGINT, with a bounded shutdown.
+
+The service gets a ``stop`` event. On the first signal it is set and the service has
+``grace`` seconds to finish in order (stop pulling, finish in-flight work, hand back what it
+holds); after that, or on a second signal, it is cancelled. A service still starting up (say,
+waiting for NATS) is cancelled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = ["run_service"]
+
+log = logging.getLogger(__name__)
+
+Service = Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def run_service(service: Service, *, grace: float = 30.0) -> None:
+    """``service(stop, serving)``: it sets ``serving`` once started, and returns after ``stop``."""
+    stop = asyncio.Event()
+    serving = asyncio.Event()
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            interrupted.set()
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    task = asyncio.create_task(service(stop, serving))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        if not serving.is_set():
+            log.info("stopping while still starting up")
+            task.cancel()
+        else:
+            hurry = asyncio.create_task(interrupted.wait())
+            done, _ = await asyncio.wait(
+                {task, hurry}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
+            hurry.cancel()
+            if task not in done:
+                log.warning("shutdown did not finish in time; cancelling")
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        stopping.cancel()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -71,6 +71,14 @@ def add_reconciler_command(subparsers: argparse._SubParsersAction[ArgumentParser
     )
     parser.add_argument("--health-probe-bind-address", default=None, help="default :8081")
     parser.add_argument("--metrics-bind-address", default=None, help="default :8080")
+    parser.add_argument(
+        "--reconcile-audit-log",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append a JSON line per reconcile (member, controller, key, "
+        "start, end): to check one worker per key across a pool",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.set_defaults(handler=run)
 
@@ -127,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         timing=timing,
         health=_bind(str(values["health_probe_bind_address"]), "--health-probe-bind-address"),
         metrics=_bind(str(values["metrics_bind_address"]), "--metrics-bind-address"),
+        audit_log=args.reconcile_audit_log,
     )
     asyncio.run(_main(config))
     return 0

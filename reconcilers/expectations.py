@@ -9,6 +9,7 @@ counts as the objects appear or go; a sync acts only once they reach zero or 5 m
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -57,3 +58,7 @@ class Expectations:
 
     def forget(self, key: str) -> None:
         self._records.pop(key, None)
+
+    def forget_where(self, matches: Callable[[str], bool]) -> None:
+        for key in [key for key in self._records if matches(key)]:
+            del self._records[key]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import time
@@ -29,7 +30,7 @@ from bus.envelope import Envelope
 from bus.layout import BusLayout
 from bus.streams import ensure_bucket, ensure_object_stream
 from bus.subjects import ObjectRef, ResourceType, partition_of
-from kubus.kube import ApiResource, KubeClient, load_kube_config
+from kubus.kube import ApiResource, ConflictError, KubeClient, load_kube_config
 from kubus.serving import BindAddress, ProbeServer
 from kubus.telemetry import HeaderGetter, setup_tracing, shutdown_tracing
 from reconcilers import metrics
@@ -65,6 +66,9 @@ class ManagerConfig:
     health: BindAddress | None = None
     metrics: BindAddress | None = None
     member: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    # JSON lines of every reconcile (member, controller, key, start, end): an audit trail for
+    # checking that no key is ever reconciled by two processes at once.
+    audit_log: Path | None = None
 
 
 class _Acks:
@@ -108,6 +112,12 @@ class Manager:
         self._tracer: Tracer | None = None
         self._ownership: PartitionOwnership | None = None
         self._js: Any = None
+        # Reconciles in flight per partition: a partition is handed back only once it is idle,
+        # so that its next owner never works on a key this process is still working on.
+        self._busy: dict[int, int] = defaultdict(int)
+        self._settled = asyncio.Condition()
+        self._audit = config.audit_log.open("a") if config.audit_log else None
+        metrics.MEMBER.labels(config.member, config.pool).set(1)
 
     async def run(self, stop: asyncio.Event, serving: asyncio.Event | None = None) -> None:
         config = self._config
@@ -217,6 +227,7 @@ class Manager:
             layout=self._layout,
             pool=self._config.pool,
             deliver=self._deliver,
+            replayed=self._replayed_partition,
             wanted=lambda ref: ref.resource in self._reads,
         )
         self._replayed[partition] = runner.replayed
@@ -235,13 +246,27 @@ class Manager:
             raise
 
     async def _stop_partition(self, partition: int) -> None:
-        task = self._runners.pop(partition, None)
+        task = self._runners.pop(partition, None)  # from now on no reconcile starts for it
         self._replayed.pop(partition, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        async with self._settled:
+            try:
+                await asyncio.wait_for(
+                    self._settled.wait_for(lambda: self._busy[partition] == 0),
+                    timeout=self._config.timing.renew_deadline,
+                )
+            except TimeoutError:
+                log.error("partition %d: in-flight reconciles did not finish in time", partition)
         self._cache.drop_partition(partition)
         self._acks.forget_partition(partition, self._layout)
+        # Per-key controller state (expectations) of a partition may be stale by the time it
+        # comes back: start such keys afresh, as a new process would.
+        for controller in self._controllers.values():
+            forget = getattr(controller, "forget", None)
+            if forget is not None:
+                forget(lambda request: _partition(request, self._layout) == partition)
         metrics.PARTITIONS_OWNED.set(len(self._runners))
         with contextlib.suppress(KeyError):
             metrics.CONSUMER_LAG.remove(str(partition))
@@ -257,10 +282,27 @@ class Manager:
     ) -> bool:
         """Apply to the cache and queue the requests; True if ``message`` awaits them."""
         previous = self._cache.apply(partition, ref, envelope)
+        metrics.CACHED_OBJECTS.set(len(self._cache))
+        if message is None:
+            return False  # replayed: requests are made once the partition is whole
         current = (
             None if envelope.deleted else self._cache.get(ref.resource, ref.namespace, ref.name)
         )
-        metrics.CACHED_OBJECTS.set(len(self._cache))
+        keys = self._enqueue(ref, current, previous)
+        if keys:
+            self._acks.track(message, envelope, keys)
+            return True
+        return False
+
+    def _replayed_partition(self, partition: int, refs: list[ObjectRef]) -> None:
+        for ref in refs:
+            current = self._cache.get(ref.resource, ref.namespace, ref.name)
+            if current is not None:
+                self._enqueue(ref, current, None)
+
+    def _enqueue(
+        self, ref: ObjectRef, current: dict[str, Any] | None, previous: dict[str, Any] | None
+    ) -> list[tuple[str, Request]]:
         keys: list[tuple[str, Request]] = []
         for name in self._reads.get(ref.resource, ()):
             for request in self._controllers[name].requests_for(ref.resource, current, previous):
@@ -269,10 +311,7 @@ class Manager:
                 metrics.WORKQUEUE_ADDS.labels(name).inc()
                 metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
                 keys.append((name, request))
-        if message is not None and keys:
-            self._acks.track(message, envelope, keys)
-            return True
-        return False
+        return keys
 
     # --- workers ------------------------------------------------------------------------
 
@@ -296,14 +335,30 @@ class Manager:
         self, name: str, controller: Controller, queue: WorkQueue[Request], request: Request
     ) -> None:
         key = (name, request)
-        if controller.scope is Scope.PARTITIONED and (
-            _partition(request, self._layout) not in self._runners
-        ):
+        partition = _partition(request, self._layout)
+        if controller.scope is Scope.PARTITIONED and partition not in self._runners:
             self._acks.take(key)
             queue.forget(request)
             return
+        self._busy[partition] += 1
+        try:
+            await self._reconcile_owned(name, controller, queue, request, key)
+        finally:
+            self._busy[partition] -= 1
+            async with self._settled:
+                self._settled.notify_all()
+
+    async def _reconcile_owned(
+        self,
+        name: str,
+        controller: Controller,
+        queue: WorkQueue[Request],
+        request: Request,
+        key: tuple[str, Request],
+    ) -> None:
         waiting = self._acks.take(key)
         started = time.monotonic()
+        wall_start = time.time()
         try:
             with self._span(name, request, waiting):
                 result = await controller.reconcile(request)
@@ -313,7 +368,10 @@ class Manager:
         except Exception as error:
             metrics.RECONCILE_ERRORS.labels(name).inc()
             metrics.WORKQUEUE_RETRIES.labels(name).inc()
-            log.warning(
+            # A conflict means the cache was a hop behind a write: routine, retried at once.
+            level = logging.INFO if isinstance(error, ConflictError) else logging.WARNING
+            log.log(
+                level,
                 "%s: sync %s failed: %s",
                 name,
                 request.key,
@@ -329,6 +387,20 @@ class Manager:
                 queue.add_after(request, result.requeue_after)
         finally:
             metrics.RECONCILE_DURATION.labels(name).observe(time.monotonic() - started)
+            if self._audit is not None:
+                self._audit.write(
+                    json.dumps(
+                        {
+                            "member": self._config.member,
+                            "controller": name,
+                            "key": request.key,
+                            "start": wall_start,
+                            "end": time.time(),
+                        }
+                    )
+                    + "\n"
+                )
+                self._audit.flush()
         for entry in waiting:
             entry[2] -= 1
             if entry[2] == 0:

@@ -29,3 +29,6 @@ CONSUMER_LAG = Gauge(
     ["partition"],
 )
 CACHED_OBJECTS = Gauge("kubus_reconciler_cached_objects", "Objects in this process's cache.")
+MEMBER = Gauge(
+    "kubus_reconciler_member_info", "This process's member id in its pool.", ["member", "pool"]
+)

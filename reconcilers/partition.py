@@ -10,6 +10,7 @@ the cache and makes requests, and is acknowledged once those requests are reconc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Final
@@ -50,6 +51,7 @@ class PartitionRunner:
         layout: BusLayout,
         pool: str,
         deliver: Delivery,
+        replayed: Callable[[int, list[ObjectRef]], None],
         wanted: Callable[[ObjectRef], bool],
     ) -> None:
         self.partition = partition
@@ -57,6 +59,7 @@ class PartitionRunner:
         self._js = js
         self._layout = layout
         self._deliver = deliver
+        self._on_replayed = replayed
         self._wanted = wanted
         self._durable = f"{pool}-p{partition:02d}"
         self._filter = layout.partition_filter(partition)
@@ -64,6 +67,7 @@ class PartitionRunner:
     async def run(self) -> None:
         last = await self._replay()
         self.replayed.set()
+        await self._reset_consumer()
         while True:
             try:
                 await self._follow(last + 1)
@@ -75,17 +79,33 @@ class PartitionRunner:
     async def _replay(self) -> int:
         reader = ObjectStreamReader(self._js, self._layout)
         last = 0
-        count = 0
+        refs: list[ObjectRef] = []
         async for envelope in reader.replay(self._filter):
             last = max(last, envelope.sequence)
             ref = self._decode(envelope.subject)
             if ref is not None and self._wanted(ref):
                 self._deliver(self.partition, ref, envelope, None)
-                count += 1
+                refs.append(ref)
+        # Requests only once the whole partition is cached, as after an informer's initial
+        # list: handlers then find owners that come later in stream order.
+        self._on_replayed(self.partition, refs)
         log.info(
-            "partition %d: replayed %d objects (up to sequence %d)", self.partition, count, last
+            "partition %d: replayed %d objects (up to sequence %d)",
+            self.partition,
+            len(refs),
+            last,
         )
         return last
+
+    async def _reset_consumer(self) -> None:
+        """Start the pool's consumer afresh right after the replay.
+
+        A previous owner may have died holding deliveries it never acknowledged; the server
+        would redeliver those only after the ack wait. The replay already covered everything
+        up to its end, so the consumer is recreated to start right behind it instead.
+        """
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(self._layout.object_stream, self._durable)
 
     async def _follow(self, start: int) -> None:
         config = ConsumerConfig(

@@ -20,7 +20,7 @@ import asyncio
 import copy
 import datetime
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final
 
 from bus.subjects import ResourceType
@@ -62,6 +62,15 @@ class ReplicaSetController:
     def __init__(self, context: Context) -> None:
         self._ctx = context
         self._expectations = Expectations()
+
+    def forget(self, matches: Callable[[Request], bool]) -> None:
+        """Drop the expectations of the requests ``matches`` (a partition that moved away)."""
+
+        def by_key(key: str) -> bool:
+            namespace, _, name = key.partition("/")
+            return matches(Request(namespace or None, name))
+
+        self._expectations.forget_where(by_key)
 
     # --- event handlers -----------------------------------------------------------------
 

@@ -132,6 +132,7 @@ class Pool:
         reconcilers: int,
         extra: Sequence[str] = (),
     ) -> None:
+        self.prefix = prefix
         self._env = {**os.environ, **stack_env}
         common = [
             f"--kubeconfig={stack_env['KUBECONFIG']}",

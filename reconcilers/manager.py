@@ -358,6 +358,11 @@ class Manager:
     ) -> None:
         waiting = self._acks.take(key)
         started = time.monotonic()
+        now = time.time()
+        for entry in waiting:
+            stored = entry[0].metadata.timestamp
+            if stored is not None:
+                metrics.EVENT_LATENCY.labels(name).observe(max(0.0, now - stored.timestamp()))
         wall_start = time.time()
         try:
             with self._span(name, request, waiting):

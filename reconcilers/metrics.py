@@ -32,3 +32,9 @@ CACHED_OBJECTS = Gauge("kubus_reconciler_cached_objects", "Objects in this proce
 MEMBER = Gauge(
     "kubus_reconciler_member_info", "This process's member id in its pool.", ["member", "pool"]
 )
+EVENT_LATENCY = Histogram(
+    "kubus_reconciler_event_latency_seconds",
+    "From JetStream storing an object's new state to the start of the reconcile it causes.",
+    ["controller"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

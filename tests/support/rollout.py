@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client, watch
+from urllib3.exceptions import ProtocolError
 
 
 @dataclass
@@ -44,14 +45,17 @@ class RolloutChecker:
         for pod in pods.items:
             self._apply("ADDED", pod)
         self._started.set()
-        for event in self._watch.stream(
-            self._core.list_namespaced_pod,
-            self._namespace,
-            label_selector=self._selector,
-            resource_version=pods.metadata.resource_version,
-            timeout_seconds=600,
-        ):
-            self._apply(event["type"], event["object"])
+        try:
+            for event in self._watch.stream(
+                self._core.list_namespaced_pod,
+                self._namespace,
+                label_selector=self._selector,
+                resource_version=pods.metadata.resource_version,
+                timeout_seconds=600,
+            ):
+                self._apply(event["type"], event["object"])
+        except ProtocolError:
+            pass  # stop() cut the stream
 
     def _apply(self, kind: str, pod: Any) -> None:
         bounds = self.bounds

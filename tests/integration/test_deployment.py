@@ -371,3 +371,25 @@ def test_a_reconcile_is_traced_from_the_watcher_to_the_apiserver(
     assert parent["operationName"].startswith("publish ")
     assert any(c["operationName"].startswith(("POST ", "PUT ", "PATCH ")) for c in children)
     assert all(services[c["processID"]] in ("kubus-reconciler", "kube-apiserver") for c in children)
+
+
+def test_rolling_back_to_an_earlier_template_reuses_its_replicaset(
+    kube: Any, namespace: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    apps = client.AppsV1Api(kube)
+    with kubus_pool(stack_env, tmp_path):
+        apps.create_namespaced_deployment(namespace, deployment("web", 2))
+        wait_for(lambda: complete(apps, namespace, "web"), timeout=60, what="revision 1")
+        (first,) = replicasets_of(apps, namespace, "web")
+        set_image(apps, namespace, "web", "registry.example/web:2")
+        wait_for(lambda: complete(apps, namespace, "web"), timeout=60, what="revision 2")
+        # What `kubectl rollout undo` does: put the earlier template back.
+        set_image(apps, namespace, "web", "registry.example/web:1")
+        d = wait_for(lambda: complete(apps, namespace, "web"), timeout=60, what="rollback")
+    rss = {rs.metadata.name: rs for rs in replicasets_of(apps, namespace, "web")}
+    assert len(rss) == 2, "the earlier ReplicaSet came back; no third one was made"
+    back = rss[first.metadata.name]
+    assert back.spec.replicas == 2
+    assert back.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
+    assert back.metadata.annotations["deployment.kubernetes.io/revision-history"] == "1"
+    assert d.metadata.annotations["deployment.kubernetes.io/revision"] == "3"

@@ -18,13 +18,12 @@ from kubus.cliutil import ArgumentParser
 from kubus.kube import KubeApiError
 from kubus.service import run_service
 from kubus.serving import BindAddress, parse_bind_address
+from reconcilers.controller import FEATURE_GATES
 from reconcilers.manager import Manager, ManagerConfig, ManagerError
 from reconcilers.ownership import LeaseTiming
 from reconcilers.registry import IMPLEMENTED, ControllerSelectionError, select_controllers
 
 __all__ = ["EXPECTED_ERRORS", "add_reconciler_command"]
-
-KNOWN_FEATURE_GATES = {"DeploymentReplicaSetTerminatingReplicas": True}
 
 
 class ReconcilerConfigError(ValueError):
@@ -107,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     values = _merged(args)
-    _check_feature_gates(values["feature_gates"])
+    gates = _check_feature_gates(str(values["feature_gates"]))
     controllers = select_controllers(str(values["controllers"]).split(","))
     concurrency = {
         controller.name: int(values[controller.concurrency_flag.replace("-", "_")])
@@ -136,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         health=_bind(str(values["health_probe_bind_address"]), "--health-probe-bind-address"),
         metrics=_bind(str(values["metrics_bind_address"]), "--metrics-bind-address"),
         audit_log=args.reconcile_audit_log,
+        feature_gates=gates,
     )
     asyncio.run(_main(config))
     return 0
@@ -171,13 +171,16 @@ def _merged(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _check_feature_gates(text: str) -> None:
+def _check_feature_gates(text: str) -> dict[str, bool]:
+    gates: dict[str, bool] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or value.lower() not in ("true", "false"):
             raise ReconcilerConfigError(f"--feature-gates: {item!r} is not KEY=true|false")
-        if key not in KNOWN_FEATURE_GATES:
+        if key not in FEATURE_GATES:
             raise ReconcilerConfigError(f"--feature-gates: unrecognized feature gate: {key}")
+        gates[key] = value.lower() == "true"
+    return gates
 
 
 def _bind(text: str, flag: str) -> BindAddress | None:

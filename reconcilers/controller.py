@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from opentelemetry.trace import Tracer
@@ -19,7 +19,18 @@ from kubus.kube import ApiResource, KubeClient
 from reconcilers.cache import ObjectCache
 from reconcilers.events import EventRecorder
 
-__all__ = ["Context", "Controller", "Request", "Result", "Scope", "TerminalError"]
+__all__ = [
+    "FEATURE_GATES",
+    "Context",
+    "Controller",
+    "Request",
+    "Result",
+    "Scope",
+    "TerminalError",
+]
+
+# The kube-controller-manager feature gates kubus's controllers consult, with their defaults.
+FEATURE_GATES: dict[str, bool] = {"DeploymentReplicaSetTerminatingReplicas": True}
 
 Object = dict[str, Any]
 
@@ -62,6 +73,10 @@ class Context:
     apis: dict[ResourceType, ApiResource]
     events: EventRecorder
     tracer: Tracer | None
+    feature_gates: dict[str, bool] = field(default_factory=dict)
+
+    def enabled(self, gate: str) -> bool:
+        return self.feature_gates.get(gate, FEATURE_GATES[gate])
 
 
 class Controller(Protocol):

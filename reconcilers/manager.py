@@ -69,6 +69,7 @@ class ManagerConfig:
     # JSON lines of every reconcile (member, controller, key, start, end): an audit trail for
     # checking that no key is ever reconciled by two processes at once.
     audit_log: Path | None = None
+    feature_gates: dict[str, bool] = field(default_factory=dict)
 
 
 class _Acks:
@@ -151,6 +152,7 @@ class Manager:
                     apis=await self._discover(kube),
                     events=events,
                     tracer=self._tracer,
+                    feature_gates=dict(config.feature_gates),
                 )
                 for controller_type in config.controllers:
                     controller: Controller = controller_type(context)

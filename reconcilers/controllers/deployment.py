@@ -895,6 +895,8 @@ def _calculate_status(all_rss: list[Object], new_rs: Object | None, d: Object) -
         "unavailableReplicas": max(0, total - available),
         "terminatingReplicas": status_sum(all_rss, "terminatingReplicas"),
     }
+    if not any("terminatingReplicas" in (rs.get("status") or {}) for rs in all_rss):
+        del status["terminatingReplicas"]  # no ReplicaSet reports it (the gate is off)
     if previous.get("collisionCount") is not None:
         status["collisionCount"] = previous["collisionCount"]
     status["conditions"] = copy.deepcopy(previous.get("conditions") or [])
@@ -927,7 +929,7 @@ def _calculate_status(all_rss: list[Object], new_rs: Object | None, d: Object) -
         "unavailableReplicas",
         "terminatingReplicas",
     ):
-        if status[field] == 0 and field not in previous:
+        if status.get(field) == 0 and field not in previous:
             del status[field]
     return status
 

@@ -188,6 +188,8 @@ class ReplicaSetController:
                 manage_error = error
         now = datetime.datetime.now(datetime.UTC)
         status = _calculate_status(rs, active, terminating, manage_error, now)
+        if not self._ctx.enabled("DeploymentReplicaSetTerminatingReplicas"):
+            status.pop("terminatingReplicas", None)
         updated = await self._update_status(rs, status)
         if manage_error is not None:
             raise manage_error

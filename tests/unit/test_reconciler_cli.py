@@ -1,0 +1,65 @@
+"""`kubus reconciler` reads flags as kube-controller-manager does."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from kubus.cli import build_parser
+from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
+from reconcilers.controllers.deployment import DeploymentController
+from reconcilers.controllers.replicaset import ReplicaSetController
+from reconcilers.registry import ControllerSelectionError, select_controllers
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["reconciler", *argv])
+
+
+def test_controllers_star_names_aliases_and_exclusions() -> None:
+    assert set(select_controllers(["*"])) == {DeploymentController, ReplicaSetController}
+    assert select_controllers(["*", "-deployment"]) == (ReplicaSetController,)
+    assert select_controllers(["replicaset-controller"]) == (ReplicaSetController,)
+    with pytest.raises(ControllerSelectionError, match="'deploymnt' is not in the list"):
+        select_controllers(["deploymnt"])
+    with pytest.raises(ControllerSelectionError, match="job-controller is not implemented"):
+        select_controllers(["*", "job"])
+    with pytest.raises(ControllerSelectionError, match="selects no controller"):
+        select_controllers(["-deployment", "-replicaset"])
+
+
+def test_config_file_values_and_flags_that_win(tmp_path: Path) -> None:
+    config = tmp_path / "kubus.yaml"
+    config.write_text(
+        "concurrent-deployment-syncs: 9\nkube-api-qps: 50\ncontrollers: ['*', '-replicaset']\n"
+    )
+    values = _merged(parse(f"--config={config}", "--kube-api-qps=70"))
+    assert values["concurrent_deployment_syncs"] == 9
+    assert values["kube_api_qps"] == 70
+    assert values["controllers"] == "*,-replicaset"
+
+
+def test_an_unknown_config_key_names_the_file_and_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "kubus.yaml"
+    config.write_text("concurent-deployment-syncs: 9\n")
+    with pytest.raises(
+        ReconcilerConfigError,
+        match=r"kubus.yaml: unknown setting "
+        r"'concurent-deployment-syncs'",
+    ):
+        _merged(parse(f"--config={config}"))
+
+
+@pytest.mark.parametrize(
+    ("gates", "message"),
+    [
+        ("NoSuchGate=true", "unrecognized feature gate: NoSuchGate"),
+        ("DeploymentReplicaSetTerminatingReplicas=yes", "is not KEY=true|false"),
+    ],
+)
+def test_bad_feature_gates(gates: str, message: str) -> None:
+    with pytest.raises(ReconcilerConfigError, match=message):
+        _check_feature_gates(gates)
+    _check_feature_gates("DeploymentReplicaSetTerminatingReplicas=false")

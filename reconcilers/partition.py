@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _FETCH_BATCH: Final = 256
 _FETCH_TIMEOUT: Final = 2.0
+_DRAIN_TIMEOUT: Final = 0.01
 _ACK_WAIT: Final = 300.0
 _MAX_ACK_PENDING: Final = 2000
 
@@ -122,10 +123,7 @@ class PartitionRunner:
         )
         fetched = 0
         while True:
-            try:
-                messages = await subscription.fetch(_FETCH_BATCH, timeout=_FETCH_TIMEOUT)
-            except TimeoutError:  # nats-py raises both its own and asyncio's
-                messages = []
+            messages = await _fetch(subscription)
             settled = [message for message in messages if not self._handle(message)]
             for message in settled:  # nothing to reconcile: acknowledged at once
                 await message.ack()
@@ -160,3 +158,18 @@ class PartitionRunner:
         except BusError as error:
             log.error("partition %d: %s", self.partition, error)
             return None
+
+
+async def _fetch(subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+    """The next deliveries: the first as soon as it exists, then whatever is ready behind it.
+
+    One fetch of a whole batch would hold the first message until the batch filled or the
+    request expired (seconds when idle); a batch of one returns at once.
+    """
+    try:
+        messages = await subscription.fetch(1, timeout=_FETCH_TIMEOUT)
+    except TimeoutError:  # nats-py raises both its own and asyncio's
+        return []
+    with contextlib.suppress(TimeoutError):
+        messages += await subscription.fetch(_FETCH_BATCH - 1, timeout=_DRAIN_TIMEOUT)
+    return messages

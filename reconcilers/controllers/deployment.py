@@ -37,6 +37,7 @@ from reconcilers.controllers.deploymentutil import (
     replicas,
     status_sum,
 )
+from reconcilers.controllers.ownerrefs import controller_ref, recheck_owner
 from reconcilers.controllers.podutil import parse_time
 from reconcilers.selectors import InvalidSelectorError, Selector
 
@@ -193,7 +194,7 @@ class DeploymentController:
             if deleting or not selector.matches(labels) or rs["metadata"].get("deletionTimestamp"):
                 continue
             if checked is False:
-                checked = await self._recheck(d)
+                checked = await recheck_owner(self._ctx.kube, self._ctx.apis[DEPLOYMENTS], d)
             if isinstance(checked, Exception):
                 raise KubeApiError(
                     0,
@@ -207,7 +208,9 @@ class DeploymentController:
                 rs,
                 {
                     "metadata": {
-                        "ownerReferences": [_controller_ref(d)],
+                        "ownerReferences": [
+                            controller_ref(d, api_version="apps/v1", kind="Deployment")
+                        ],
                         "uid": rs["metadata"]["uid"],
                     }
                 },
@@ -215,26 +218,6 @@ class DeploymentController:
             if adopted is not None:
                 claimed.append(adopted)
         return claimed
-
-    async def _recheck(self, d: Object) -> Exception | None:
-        meta = d["metadata"]
-        try:
-            fresh = await self._ctx.kube.get(
-                self._ctx.apis[DEPLOYMENTS], meta["namespace"], meta["name"]
-            )
-        except KubeApiError as error:
-            return RuntimeError(f"can't recheck DeletionTimestamp: {error}")
-        if fresh["metadata"].get("uid") != meta["uid"]:
-            return RuntimeError(
-                f"original Deployment {meta['namespace']}/{meta['name']} is gone: got uid "
-                f"{fresh['metadata'].get('uid')}, wanted {meta['uid']}"
-            )
-        if fresh["metadata"].get("deletionTimestamp"):
-            return RuntimeError(
-                f"{meta['namespace']}/{meta['name']} has just been deleted at "
-                f"{fresh['metadata']['deletionTimestamp']}"
-            )
-        return None
 
     async def _patch_owner(self, rs: Object, patch: Object) -> Object | None:
         try:
@@ -307,7 +290,7 @@ class DeploymentController:
             "metadata": {
                 "name": name,
                 "namespace": d["metadata"]["namespace"],
-                "ownerReferences": [_controller_ref(d)],
+                "ownerReferences": [controller_ref(d, api_version="apps/v1", kind="Deployment")],
                 "labels": dict(template["metadata"]["labels"]),
             },
             "spec": {
@@ -772,17 +755,6 @@ class DeploymentController:
 def _annotations(obj: Object) -> dict[str, str]:
     annotations: dict[str, str] = obj.get("metadata", {}).get("annotations") or {}
     return annotations
-
-
-def _controller_ref(d: Object) -> Object:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "name": d["metadata"]["name"],
-        "uid": d["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _replicaset_name(deployment: str, pod_hash: str) -> str:

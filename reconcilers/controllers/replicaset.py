@@ -27,6 +27,7 @@ from bus.subjects import ResourceType
 from kubus.kube import ConflictError, InvalidError, KubeApiError, NotFoundError
 from reconcilers.cache import controller_of
 from reconcilers.controller import Context, Request, Result, Scope
+from reconcilers.controllers.ownerrefs import controller_ref, recheck_owner
 from reconcilers.controllers.podutil import (
     deletion_order,
     is_available,
@@ -221,7 +222,7 @@ class ReplicaSetController:
             if pod["metadata"].get("deletionTimestamp"):
                 continue
             if can_adopt is False:
-                can_adopt = await self._recheck(rs)
+                can_adopt = await recheck_owner(self._ctx.kube, self._ctx.apis[REPLICASETS], rs)
             if isinstance(can_adopt, Exception):
                 meta = pod["metadata"]
                 errors.append(
@@ -241,29 +242,12 @@ class ReplicaSetController:
             raise errors[0]
         return claimed
 
-    async def _recheck(self, rs: Object) -> Exception | None:
-        meta = rs["metadata"]
-        try:
-            fresh = await self._ctx.kube.get(
-                self._ctx.apis[REPLICASETS], meta["namespace"], meta["name"]
-            )
-        except KubeApiError as error:
-            return RuntimeError(f"can't recheck DeletionTimestamp: {error}")
-        if fresh["metadata"].get("uid") != meta["uid"]:
-            return RuntimeError(
-                f"original ReplicaSet {meta['namespace']}/{meta['name']} is gone: got uid "
-                f"{fresh['metadata'].get('uid')}, wanted {meta['uid']}"
-            )
-        if fresh["metadata"].get("deletionTimestamp"):
-            return RuntimeError(
-                f"{meta['namespace']}/{meta['name']} has just been deleted at "
-                f"{fresh['metadata']['deletionTimestamp']}"
-            )
-        return None
-
     async def _adopt(self, rs: Object, pod: Object, errors: list[Exception]) -> bool:
         patch = {
-            "metadata": {"ownerReferences": [_controller_ref(rs)], "uid": pod["metadata"]["uid"]}
+            "metadata": {
+                "ownerReferences": [controller_ref(rs, api_version="apps/v1", kind="ReplicaSet")],
+                "uid": pod["metadata"]["uid"],
+            }
         }
         try:
             await self._ctx.kube.patch(
@@ -370,7 +354,7 @@ class ReplicaSetController:
         metadata: dict[str, Any] = {
             "generateName": f"{rs['metadata']['name']}-",
             "labels": labels,
-            "ownerReferences": [_controller_ref(rs)],
+            "ownerReferences": [controller_ref(rs, api_version="apps/v1", kind="ReplicaSet")],
         }
         for field in ("annotations", "finalizers"):
             if template_meta.get(field):
@@ -516,17 +500,6 @@ async def _slow_start(count: int, create: Any) -> tuple[int, Exception | None]:
         remaining -= batch
         batch = min(2 * batch, remaining)
     return successes, None
-
-
-def _controller_ref(owner: Object) -> Object:
-    return {
-        "apiVersion": owner.get("apiVersion", "apps/v1"),
-        "kind": owner.get("kind", "ReplicaSet"),
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _pod_key(pod: Object) -> str:

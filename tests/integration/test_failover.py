@@ -14,7 +14,7 @@ from typing import Any
 import nats
 import pytest
 from kubernetes import client
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from bus.subjects import partition_of
 from tests.integration.test_deployment import complete, deployment, set_image
@@ -40,7 +40,10 @@ def lease_owners(stack_env: dict[str, str], pool: Pool) -> dict[int, str]:
                 return {}
             owners = {}
             for key in keys:
-                entry = await kv.get(key)
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    continue  # expired or released between the listing and the read
                 if entry.value:
                     owners[int(key.removeprefix("p"))] = entry.value.decode()
             return owners

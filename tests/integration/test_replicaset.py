@@ -79,12 +79,19 @@ def test_replicaset_keeps_its_replicas_and_reports_status(
         core.delete_namespaced_pod(owned_pods(core, namespace, "web")[0].metadata.name, namespace)
         wait_for(lambda: status_settles(2), timeout=60, what="the deleted pod replaced")
 
-        reasons = {
-            event.reason
-            for event in core.list_namespaced_event(namespace).items
-            if event.involved_object.name == "web"
-        }
-        assert {"SuccessfulCreate", "SuccessfulDelete"} <= reasons
+        def reasons() -> set[str]:
+            return {
+                event.reason
+                for event in core.list_namespaced_event(namespace).items
+                if event.involved_object.name == "web"
+            }
+
+        # Events are sent off the reconcile path, a moment after the pods change.
+        wait_for(
+            lambda: {"SuccessfulCreate", "SuccessfulDelete"} <= reasons(),
+            timeout=30,
+            what="SuccessfulCreate and SuccessfulDelete events",
+        )
 
 
 def test_orphans_are_adopted_and_pods_that_stop_matching_are_released(

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _EVENTS: Final = ApiResource("", "v1", "events", "Event", True, frozenset())
 _QUEUE_LIMIT: Final = 10_000
+_CLOSE: Final[dict[str, Any]] = {}
 
 
 @dataclass
@@ -65,11 +66,18 @@ class EventRecorder:
             log.warning("event queue full; dropped %s %s: %s", reason, involved["name"], message)
 
     async def run(self) -> None:
-        """Send queued events until cancelled."""
+        """Send queued events until :meth:`close` (or cancellation)."""
         while True:
             event = await self._queue.get()
+            if event is _CLOSE:
+                return
             with contextlib.suppress(KubeApiError, OSError, TimeoutError):
                 await self._send(event)
+
+    def close(self) -> None:
+        """Let :meth:`run` send what is queued, then return."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_CLOSE)
 
     async def _send(self, event: dict[str, Any]) -> None:
         involved = event["involvedObject"]

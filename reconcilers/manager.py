@@ -203,7 +203,11 @@ class Manager:
             await asyncio.gather(*workers, return_exceptions=True)
             owning.cancel()
             await asyncio.gather(owning, return_exceptions=True)
-            sender.cancel()
+            events.close()  # send what the last reconciles recorded, within a bound
+            try:
+                await asyncio.wait_for(asyncio.shield(sender), timeout=5)
+            except TimeoutError:
+                sender.cancel()
 
     def _concurrency(self, name: str) -> int:
         controller = self._controllers[name]

@@ -115,16 +115,16 @@ def test_a_deployment_becomes_available_with_upstream_status_and_conditions(
         d.status.available_replicas,
     ) == (3, 3, 3, 3)
     assert not d.status.unavailable_replicas
-    events = [
-        e
-        for e in core.list_namespaced_event(namespace).items
-        if e.involved_object.kind == "Deployment"
-    ]
-    assert any(
-        e.reason == "ScalingReplicaSet"
-        and e.message == f"Scaled up replica set {rs.metadata.name} from 0 to 3"
-        for e in events
-    )
+
+    def scaled_up() -> bool:
+        return any(
+            e.reason == "ScalingReplicaSet"
+            and e.message == f"Scaled up replica set {rs.metadata.name} from 0 to 3"
+            for e in core.list_namespaced_event(namespace).items
+            if e.involved_object.kind == "Deployment"
+        )
+
+    wait_for(scaled_up, timeout=30, what="the ScalingReplicaSet event")
 
 
 def test_rolling_updates_keep_surge_and_availability_bounds_and_the_history_limit(
@@ -300,9 +300,13 @@ def test_pods_the_apiserver_refuses_are_reported_and_other_deployments_carry_on(
         )
     assert (failure.status, failure.reason) == ("True", "FailedCreate")
     assert "violates PodSecurity" in failure.message
-    events = core.list_namespaced_event(namespace).items
-    assert any(
-        e.reason == "FailedCreate" and e.message.startswith("Error creating: ") for e in events
+    wait_for(
+        lambda: any(
+            e.reason == "FailedCreate" and e.message.startswith("Error creating: ")
+            for e in core.list_namespaced_event(namespace).items
+        ),
+        timeout=30,
+        what="the FailedCreate event",
     )
 
 

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.support import _free_port, dev_stack, machine, peak_rss_mb, watcher_process
+from bench.support import dev_stack, free_port, machine, peak_rss_mb, wait_ready, watcher_process
 
 NAMESPACES = 10
 
@@ -30,7 +30,7 @@ NAMESPACES = 10
 def start_reconcilers(env: dict[str, str], prefix: str, count: int) -> list[tuple[Any, int]]:
     processes = []
     for index in range(count):
-        health, metrics = _free_port(), _free_port()
+        health, metrics = free_port(), free_port()
         log = Path(tempfile.mkdtemp(prefix="kubus-bench-")) / f"reconciler-{index}.log"
         process = subprocess.Popen(
             [
@@ -50,15 +50,7 @@ def start_reconcilers(env: dict[str, str], prefix: str, count: int) -> list[tupl
         )
         processes.append((process, health, metrics))
     for process, health, _metrics in processes:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("a reconciler did not get ready") from None
-                time.sleep(0.2)
+        wait_ready(process, health, what="a reconciler")
     return [(process, metrics) for process, _health, metrics in processes]
 
 

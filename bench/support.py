@@ -25,7 +25,7 @@ def nats_server() -> Iterator[str]:
     """A JetStream-enabled nats-server on a free loopback port; yields its URL."""
     binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure(["nats-server"])
     store = Path(tempfile.mkdtemp(prefix="kubus-bench-nats-"))
-    port, monitor = _free_port(), _free_port()
+    port, monitor = free_port(), free_port()
     process = subprocess.Popen(
         [
             str(binary["nats-server"].path),
@@ -236,7 +236,7 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -268,7 +268,7 @@ def dev_stack(nodes: int = 3) -> Iterator[dict[str, str]]:
 @contextlib.contextmanager
 def watcher_process(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """`kubus watcher` against ``env``'s stack, ready (its /readyz answers ok)."""
-    health = _free_port()
+    health = free_port()
     handle, log_name = tempfile.mkstemp(prefix="kubus-bench-watcher-", suffix=".log")
     with os.fdopen(handle, "wb") as log:
         process = subprocess.Popen(
@@ -288,19 +288,24 @@ def watcher_process(env: dict[str, str], *args: str) -> Iterator[subprocess.Pope
             env={**os.environ, "OTEL_SDK_DISABLED": "true"},
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"watcher did not get ready; see {log_name}") from None
-                time.sleep(0.1)
+        wait_ready(process, health, what=f"watcher (log: {log_name})")
         yield process
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def wait_ready(process: subprocess.Popen[bytes], health_port: int, *, what: str) -> None:
+    """Until the process's /readyz answers; an exit or 60 s without it is an error."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not get ready") from None
+            time.sleep(0.1)
 
 
 def percentile(values: list[float], fraction: float) -> float:

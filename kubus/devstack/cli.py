@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -197,7 +198,7 @@ def _env(args: argparse.Namespace) -> int:
     if not state.env_file.exists():
         raise DevStackError(f"no running dev stack in {state.path} (no env file)")
     for key, value in state.read_env().items():
-        print(f"export {key}={value!r}")
+        print(f"export {key}={shlex.quote(value)}")
     return 0
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,22 +159,27 @@ def test_missing_go_toolchain_without_cached_binaries_is_one_clear_error(
     assert processes_mentioning(str(tmp_path / "empty-cache")) == []
 
 
-def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    state_dir = tmp_path / "stack"
+def start_in_foreground(state_dir: Path) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
+    """`kubus dev up` in the foreground, once it says it is ready; and its process records."""
     foreground = subprocess.Popen(
         [*KUBUS, "dev", "up", "--infra-only", "--state-dir", str(state_dir), "--nodes", "1"],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert foreground.stderr is not None
+    for line in foreground.stderr:
+        if "Ctrl-C stops everything" in line:
+            break
+    else:
+        pytest.fail(f"kubus dev up ended before it was ready (exit {foreground.wait()})")
+    return foreground, json.loads((state_dir / "stack.json").read_text())["processes"]
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    state_dir = tmp_path / "stack"
+    foreground, records = start_in_foreground(state_dir)
     try:
-        assert foreground.stderr is not None
-        for line in foreground.stderr:
-            if "Ctrl-C stops everything" in line:
-                break
-        else:
-            pytest.fail(f"kubus dev up ended before it was ready (exit {foreground.wait()})")
-        records = json.loads((state_dir / "stack.json").read_text())["processes"]
         assert len(records) == 6
         assert all(_alive(record["pid"]) for record in records)
 
@@ -189,18 +195,8 @@ def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
 
 def test_a_killed_foreground_up_takes_its_processes_with_it(tmp_path: Path) -> None:
     state_dir = tmp_path / "stack"
-    foreground = subprocess.Popen(
-        [*KUBUS, "dev", "up", "--infra-only", "--state-dir", str(state_dir), "--nodes", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    foreground, records = start_in_foreground(state_dir)
     try:
-        assert foreground.stderr is not None
-        for line in foreground.stderr:
-            if "Ctrl-C stops everything" in line:
-                break
-        records = json.loads((state_dir / "stack.json").read_text())["processes"]
         foreground.kill()  # SIGKILL: no chance to clean up
         foreground.wait(timeout=10)
         wait_for(

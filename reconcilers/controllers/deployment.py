@@ -526,31 +526,8 @@ class DeploymentController:
             return old, new_rs
         if util.is_recreate(d):
             return old, new_rs
-        current = sum(replicas(rs) for rs in active)
-        allowed = desired + max_surge(d) if desired > 0 else 0
-        to_add = allowed - current
-        if to_add > 0:
-            ordered = sorted(
-                sorted(active, key=util.creation_key, reverse=True), key=lambda rs: -replicas(rs)
-            )
-        elif to_add < 0:
-            ordered = sorted(sorted(active, key=util.creation_key), key=lambda rs: -replicas(rs))
-        else:
-            ordered = active
-        sizes: dict[str, int] = {}
-        added = 0
-        for rs in ordered:
-            if to_add != 0:
-                part = _proportion(rs, d, to_add, added)
-                sizes[rs["metadata"]["uid"]] = replicas(rs) + part
-                added += part
-            else:
-                sizes[rs["metadata"]["uid"]] = replicas(rs)
-        for index, rs in enumerate(ordered):
-            uid = rs["metadata"]["uid"]
-            if index == 0 and to_add != 0:
-                sizes[uid] = max(0, sizes[uid] + to_add - added)
-            _, updated = await self._scale_rs(rs, sizes[uid], d)
+        for rs, size in util.proportional_sizes(d, active):
+            _, updated = await self._scale_rs(rs, size, d)
             old, new_rs = _swap(old, new_rs, updated)
         return old, new_rs
 
@@ -972,29 +949,6 @@ def _saturated(d: Object, rs: Object) -> bool:
         and int(desired) == replicas(d)
         and int((rs.get("status") or {}).get("availableReplicas") or 0) == replicas(d)
     )
-
-
-def _proportion(rs: Object, d: Object, to_add: int, added: int) -> int:
-    if replicas(rs) == 0 or to_add in (0, added):
-        return 0
-    fraction = _fraction(rs, d)
-    allowed = to_add - added
-    return min(fraction, allowed) if to_add > 0 else max(fraction, allowed)
-
-
-def _fraction(rs: Object, d: Object) -> int:
-    if replicas(d) == 0:
-        return -replicas(rs)
-    maximum = replicas(d) + max_surge(d)
-    annotated_text = _annotations(rs).get(MAX_REPLICAS)
-    annotated = int(annotated_text) if annotated_text and annotated_text.isdigit() else 0
-    if annotated == 0:
-        annotated = int((d.get("status") or {}).get("replicas") or 0)
-        if annotated == 0:
-            return 0
-    size = replicas(rs) * maximum / annotated
-    rounded = int(size + 0.5) if size >= 0 else -int(-size + 0.5)
-    return rounded - replicas(rs)
 
 
 def _swap(

@@ -177,3 +177,52 @@ def now_text() -> str:
 def creation_key(rs: Object) -> tuple[str, str]:
     meta = rs.get("metadata", {})
     return meta.get("creationTimestamp", ""), meta.get("name", "")
+
+
+def proportional_sizes(deployment: Object, active: list[Object]) -> list[tuple[Object, int]]:
+    """The sizes a scaling event gives the active ReplicaSets of a rollout in progress.
+
+    The room (``replicas + maxSurge`` minus what the ReplicaSets hold) is shared in proportion
+    to each one's size over the max-replicas it was last scaled for; the largest goes first
+    (newest on ties when growing, oldest when shrinking) and takes the rounding leftovers.
+    """
+    desired = replicas(deployment)
+    allowed = desired + max_surge(deployment) if desired > 0 else 0
+    to_add = allowed - sum(replicas(rs) for rs in active)
+    if to_add > 0:
+        ordered = sorted(sorted(active, key=creation_key, reverse=True), key=lambda r: -replicas(r))
+    elif to_add < 0:
+        ordered = sorted(sorted(active, key=creation_key), key=lambda r: -replicas(r))
+    else:
+        return [(rs, replicas(rs)) for rs in active]
+    sizes: list[int] = []
+    added = 0
+    for rs in ordered:
+        part = _proportion(rs, deployment, to_add, added)
+        sizes.append(replicas(rs) + part)
+        added += part
+    sizes[0] = max(0, sizes[0] + to_add - added)
+    return list(zip(ordered, sizes, strict=True))
+
+
+def _proportion(rs: Object, deployment: Object, to_add: int, added: int) -> int:
+    if replicas(rs) == 0 or to_add in (0, added):
+        return 0
+    fraction = _fraction(rs, deployment)
+    allowed = to_add - added
+    return min(fraction, allowed) if to_add > 0 else max(fraction, allowed)
+
+
+def _fraction(rs: Object, deployment: Object) -> int:
+    if replicas(deployment) == 0:
+        return -replicas(rs)
+    maximum = replicas(deployment) + max_surge(deployment)
+    text = (rs.get("metadata", {}).get("annotations") or {}).get(MAX_REPLICAS)
+    annotated = int(text) if text and text.isdigit() else 0
+    if annotated == 0:
+        annotated = int((deployment.get("status") or {}).get("replicas") or 0)
+        if annotated == 0:
+            return 0
+    size = replicas(rs) * maximum / annotated
+    rounded = int(size + 0.5) if size >= 0 else -int(-size + 0.5)  # half away from zero
+    return rounded - replicas(rs)

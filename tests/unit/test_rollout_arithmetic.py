@@ -1,0 +1,180 @@
+"""Deployment and ReplicaSet arithmetic, checked against upstream's documented cases."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from reconcilers.controllers import deploymentutil as util
+from reconcilers.controllers.podutil import deletion_order, is_available
+
+NOW = datetime.datetime(2026, 11, 22, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+def deployment(
+    replicas: int, surge: Any = "25%", unavailable: Any = "25%", strategy: str = "RollingUpdate"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"replicas": replicas, "strategy": {"type": strategy}}
+    if strategy == "RollingUpdate":
+        spec["strategy"]["rollingUpdate"] = {"maxSurge": surge, "maxUnavailable": unavailable}
+    return {"spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("surge", "unavailable", "desired", "expected"),
+    [
+        ("25%", "25%", 10, (3, 2)),  # surge rounds up, unavailable rounds down
+        ("25%", "25%", 1, (1, 0)),
+        (0, 0, 5, (0, 1)),  # both zero: one may be unavailable
+        ("0%", "0%", 3, (0, 1)),
+        (2, 1, 6, (2, 1)),
+    ],
+)
+def test_fenceposts(surge: Any, unavailable: Any, desired: int, expected: tuple[int, int]) -> None:
+    assert util.resolve_fenceposts(surge, unavailable, desired) == expected
+
+
+def test_bad_percentages_are_errors() -> None:
+    with pytest.raises(ValueError, match="not a percentage"):
+        util.scaled_value("25", 10, round_up=True)
+
+
+def test_max_unavailable_is_zero_for_recreate_and_clamped_to_replicas() -> None:
+    assert util.max_unavailable(deployment(4, strategy="Recreate")) == 0
+    assert util.max_surge(deployment(4, strategy="Recreate")) == 0
+    assert util.max_unavailable(deployment(2, unavailable=5)) == 2
+
+
+def test_new_replicaset_grows_within_the_surge() -> None:
+    d = deployment(10, surge=3)
+    new = {"spec": {"replicas": 0}}
+    old = {"spec": {"replicas": 10}}
+    assert util.new_rs_new_replicas(d, [old, new], new) == 3
+    new["spec"]["replicas"] = 3
+    assert util.new_rs_new_replicas(d, [old, new], new) == 3  # at replicas + surge already
+    old["spec"]["replicas"] = 7
+    assert util.new_rs_new_replicas(d, [old, new], new) == 6
+    assert util.new_rs_new_replicas(deployment(4, strategy="Recreate"), [old, new], new) == 4
+
+
+def test_pod_template_hash_shape_and_collisions() -> None:
+    template = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}}
+    plain = util.compute_hash(template, None)
+    assert set(plain) <= set("456789bcdf")  # digits through the vowel-free alphabet
+    assert 1 <= len(plain) <= 10
+    assert util.compute_hash(template, None) == plain
+    assert len({plain, util.compute_hash(template, 0), util.compute_hash(template, 1)}) == 3
+
+
+def test_templates_are_compared_without_the_hash_label_and_empty_values() -> None:
+    first = {
+        "metadata": {"labels": {"app": "web", "pod-template-hash": "abc"}},
+        "spec": {"containers": [{"name": "c", "args": []}]},
+    }
+    second = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}}
+    assert util.equal_ignore_hash(first, second)
+    second["spec"]["containers"][0]["image"] = "other"
+    assert not util.equal_ignore_hash(first, second)
+
+
+def pod(
+    name: str,
+    *,
+    node: str = "n1",
+    phase: str = "Running",
+    ready: bool = True,
+    ready_since: datetime.datetime | None = None,
+    created: str = "2026-11-22T10:00:00Z",
+    cost: str | None = None,
+) -> dict[str, Any]:
+    annotations = {"controller.kubernetes.io/pod-deletion-cost": cost} if cost else {}
+    since = (ready_since or NOW - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {
+            "name": name,
+            "uid": name,
+            "creationTimestamp": created,
+            "annotations": annotations,
+        },
+        "spec": {"nodeName": node},
+        "status": {
+            "phase": phase,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastTransitionTime": since,
+                }
+            ],
+        },
+    }
+
+
+def test_deletion_order_prefers_the_least_valuable_pods() -> None:
+    pods = [
+        pod("running-ready"),
+        pod("unscheduled", node=""),
+        pod("pending", phase="Pending", ready=False),
+        pod("not-ready", ready=False),
+        pod("expensive", cost="100"),
+        pod("cheap", cost="-5"),
+        pod("recently-ready", ready_since=NOW - datetime.timedelta(seconds=30)),
+    ]
+    order = [p["metadata"]["name"] for p in deletion_order(pods, {}, NOW)]
+    assert order[:4] == ["unscheduled", "pending", "not-ready", "cheap"]
+    assert order.index("recently-ready") < order.index("running-ready")
+    assert order[-1] == "expensive"
+
+
+def test_crowded_nodes_lose_pods_first() -> None:
+    pods = [pod("alone", node="a"), pod("crowded", node="b")]
+    order = deletion_order(pods, {"alone": 1, "crowded": 3}, NOW)
+    assert [p["metadata"]["name"] for p in order] == ["crowded", "alone"]
+
+
+def test_availability_waits_strictly_longer_than_min_ready_seconds() -> None:
+    just_ready = pod("p", ready_since=NOW - datetime.timedelta(seconds=10))
+    assert is_available(just_ready, 0, NOW)
+    assert not is_available(just_ready, 10, NOW)
+    assert is_available(just_ready, 9, NOW)
+    assert not is_available(pod("q", ready=False), 0, NOW)
+
+
+def replicaset(name: str, size: int, created: str, max_replicas: int) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "creationTimestamp": created,
+            "annotations": {util.MAX_REPLICAS: str(max_replicas)},
+        },
+        "spec": {"replicas": size},
+    }
+
+
+def sizes_after(desired: int, rss: list[dict[str, Any]]) -> dict[str, int]:
+    d = deployment(desired, surge=0, unavailable=1)
+    return {rs["metadata"]["name"]: size for rs, size in util.proportional_sizes(d, rss)}
+
+
+@pytest.mark.parametrize(
+    ("desired", "before", "after"),
+    [
+        (10, {"old": 3, "new": 2}, {"old": 6, "new": 4}),  # 5 -> 10
+        (3, {"old": 3, "new": 2}, {"old": 2, "new": 1}),  # 5 -> 3
+        (10, {"v1": 2, "v2": 3, "v3": 2}, {"v1": 3, "v2": 4, "v3": 3}),  # 7 -> 10
+        (4, {"v1": 1, "v2": 1, "v3": 1}, {"v1": 1, "v2": 1, "v3": 2}),  # leftover to the newest
+        (2, {"v1": 1, "v2": 1, "v3": 1}, {"v1": 0, "v2": 1, "v3": 1}),  # leftover from the oldest
+    ],
+)
+def test_proportional_scaling_of_a_rollout_in_progress(
+    desired: int, before: dict[str, int], after: dict[str, int]
+) -> None:
+    created = {"old": "1", "v1": "1", "v2": "2", "new": "3", "v3": "3"}
+    total = sum(before.values())
+    rss = [
+        replicaset(name, size, f"2026-11-22T0{created[name]}:00:00Z", total)
+        for name, size in before.items()
+    ]
+    assert sizes_after(desired, rss) == after

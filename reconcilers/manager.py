@@ -72,21 +72,30 @@ class ManagerConfig:
     feature_gates: dict[str, bool] = field(default_factory=dict)
 
 
+@dataclass
+class _Waiting:
+    """A delivery waiting for the reconciles of the requests it made."""
+
+    message: Msg
+    envelope: Envelope
+    remaining: int
+
+
 class _Acks:
     """A message is acknowledged once every request it made has been reconciled after it."""
 
     def __init__(self) -> None:
-        self._waiting: dict[tuple[str, Request], list[list[Any]]] = defaultdict(list)
+        self._waiting: dict[tuple[str, Request], list[_Waiting]] = defaultdict(list)
 
     def track(self, message: Msg, envelope: Envelope, keys: Sequence[tuple[str, Request]]) -> None:
-        entry: list[Any] = [message, envelope, len(keys)]
+        entry = _Waiting(message, envelope, len(keys))
         for key in keys:
             self._waiting[key].append(entry)
 
-    def take(self, key: tuple[str, Request]) -> list[list[Any]]:
+    def take(self, key: tuple[str, Request]) -> list[_Waiting]:
         return self._waiting.pop(key, [])
 
-    def put_back(self, key: tuple[str, Request], entries: list[list[Any]]) -> None:
+    def put_back(self, key: tuple[str, Request], entries: list[_Waiting]) -> None:
         if entries:
             self._waiting[key][:0] = entries
 
@@ -366,7 +375,7 @@ class Manager:
         started = time.monotonic()
         now = time.time()
         for entry in waiting:
-            stored = entry[0].metadata.timestamp
+            stored = entry.message.metadata.timestamp
             if stored is not None:
                 metrics.EVENT_LATENCY.labels(name).observe(max(0.0, now - stored.timestamp()))
         wall_start = time.time()
@@ -413,17 +422,17 @@ class Manager:
                 )
                 self._audit.flush()
         for entry in waiting:
-            entry[2] -= 1
-            if entry[2] == 0:
-                await entry[0].ack()
+            entry.remaining -= 1
+            if entry.remaining == 0:
+                await entry.message.ack()
 
-    def _span(self, name: str, request: Request, waiting: list[list[Any]]) -> Any:
+    def _span(self, name: str, request: Request, waiting: list[_Waiting]) -> Any:
         if self._tracer is None:
             return _NoSpan()
         contexts = [
-            propagate.extract({"traceparent": entry[1].traceparent}, getter=_getter)
+            propagate.extract({"traceparent": entry.envelope.traceparent}, getter=_getter)
             for entry in waiting
-            if entry[1].traceparent
+            if entry.envelope.traceparent
         ]
         parent = contexts[-1] if contexts else None
         links = [

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +20,9 @@ import pytest
 
 from kubus.devstack import Binaries, DevStack, StackConfig, default_cache_dir
 from kubus.devstack.containers import ContainerStack, docker_available
+from kubus.devstack.state import read_env_file
 
 log = logging.getLogger("kubus.tests")
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            env[key] = shlex.split(value)[0] if value else ""
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +30,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     """The env of a running stack: KUBECONFIG, NATS_URL, OTEL_EXPORTER_OTLP_ENDPOINT, ..."""
     env_file = os.environ.get("KUBUS_TEST_ENV_FILE")
     if env_file:
-        yield _read_env_file(Path(env_file))
+        yield read_env_file(Path(env_file))
         return
     if os.environ.get("KUBUS_TEST_STACK", "auto") != "local" and docker_available():
         containers = ContainerStack()

@@ -13,7 +13,7 @@ from pathlib import Path
 from kubus.devstack.errors import StateDirError
 from kubus.devstack.process import ProcessRecord, is_alive
 
-__all__ = ["StateDir"]
+__all__ = ["StateDir", "read_env_file"]
 
 _FORMAT = 1
 _STACK_DIRS = ("etcd", "nats", "logs", "pki", "scheduler")
@@ -94,16 +94,21 @@ class StateDir:
         _write_atomically(self.env_file, text)
 
     def read_env(self) -> dict[str, str]:
-        values: dict[str, str] = {}
-        for line in self.env_file.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key:
-                values[key] = shlex.split(value)[0] if value else ""
-        return values
+        return read_env_file(self.env_file)
 
     def clear(self) -> None:
         self.stack_file.unlink(missing_ok=True)
         self.env_file.unlink(missing_ok=True)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (values shell-quoted), as the stack writes its ``env`` file."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if key and sep:
+            values[key] = shlex.split(value)[0] if value else ""
+    return values
 
 
 def _write_atomically(path: Path, text: str) -> None:

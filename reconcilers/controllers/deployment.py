@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
 from bus.subjects import ResourceType
-from kubus.kube import AlreadyExistsError, ConflictError, KubeApiError, NotFoundError
+from kubus.kube import AlreadyExistsError, KubeApiError, NotFoundError
 from reconcilers.cache import controller_of
 from reconcilers.controller import Context, Request, Result, Scope
 from reconcilers.controllers import deploymentutil as util
@@ -709,17 +709,11 @@ class DeploymentController:
         await self._update_status(d)
 
     async def _update_status(self, d: Object) -> None:
+        """PUT /status; a conflict propagates (the key is retried from a fresher cache)."""
         meta = d["metadata"]
-        try:
-            updated = await self._ctx.kube.replace(
-                self._ctx.apis[DEPLOYMENTS],
-                meta["namespace"],
-                meta["name"],
-                d,
-                subresource="status",
-            )
-        except ConflictError:
-            raise
+        updated = await self._ctx.kube.replace(
+            self._ctx.apis[DEPLOYMENTS], meta["namespace"], meta["name"], d, subresource="status"
+        )
         meta["resourceVersion"] = updated["metadata"]["resourceVersion"]
 
     def _event(self, d: Object, event_type: str, reason: str, message: str) -> None:

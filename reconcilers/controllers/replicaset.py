@@ -250,13 +250,7 @@ class ReplicaSetController:
             }
         }
         try:
-            await self._ctx.kube.patch(
-                self._ctx.apis[PODS],
-                pod["metadata"]["namespace"],
-                pod["metadata"]["name"],
-                patch,
-                patch_type="strategic",
-            )
+            await self._patch_pod(pod, patch)
         except NotFoundError:
             return False
         except KubeApiError as error:
@@ -272,17 +266,22 @@ class ReplicaSetController:
             }
         }
         try:
-            await self._ctx.kube.patch(
-                self._ctx.apis[PODS],
-                pod["metadata"]["namespace"],
-                pod["metadata"]["name"],
-                patch,
-                patch_type="strategic",
-            )
+            await self._patch_pod(pod, patch)
         except (NotFoundError, InvalidError):
             pass
         except KubeApiError as error:
             errors.append(error)
+
+    async def _patch_pod(self, pod: Object, patch: Object) -> None:
+        """A strategic-merge patch whose ``metadata.uid`` makes it a precondition."""
+        meta = pod["metadata"]
+        await self._ctx.kube.patch(
+            self._ctx.apis[PODS],
+            meta["namespace"],
+            meta["name"],
+            patch,
+            patch_type="strategic",
+        )
 
     async def _manage_replicas(self, active: list[Object], rs: Object) -> None:
         key = Request.of(rs).key

@@ -7,7 +7,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 
@@ -153,18 +152,16 @@ def _up(args: argparse.Namespace) -> int:
         _progress(f"stop it with: kubus dev down --state-dir {stack.state_dir}")
         return 0
     try:
-        stopping = threading.Event()
         signals: list[str] = []
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            signals.append(signal.Signals(signum).name)
-            stopping.set()
+            signals.append(signal.Signals(signum).name)  # no locks in a signal handler
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, on_signal)
         _print_ready(stack, env)
         _progress("running in the foreground; Ctrl-C stops everything")
-        failure = stack.wait(stopping)
+        failure = stack.wait(lambda: bool(signals))
         _progress(f"stopping: {failure or 'received ' + signals[0]}")
     finally:
         stack.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,9 +97,14 @@ class DevStack:
         self._children.clear()
         self._state.clear()
 
-    def wait(self, stopping: threading.Event) -> str | None:
-        """Block until ``stopping`` is set or a component exits; name the component if one did."""
-        while not stopping.wait(0.5):
+    def wait(self, stopping: Callable[[], bool]) -> str | None:
+        """Block until ``stopping()`` or a component exits; name the component if one did.
+
+        Polls a flag rather than waiting on a threading.Event: a signal handler that sets an
+        Event can deadlock on the lock the waiting main thread holds.
+        """
+        while not stopping():
+            time.sleep(0.2)
             for record in self._records:
                 child = self._children.get(record.name)
                 if child is not None and child.poll() is not None:

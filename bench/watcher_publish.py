@@ -6,7 +6,7 @@ Compares, on one process and one core's worth of Python:
 - ``kubus``: each watch line through the watcher's own code (msgspec event decode, the
   ObjectEventFactory, the BusPublisher with compare-and-set, latest-wins and pipelining).
 
-Run: ``python -m bench.watcher_publish [--pods 10000] [--events-per-pod 3]``.
+Run: ``python -m bench.watcher_publish [--pods 10000] [--events-per-pod 3] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
+from typing import NamedTuple
 
 import nats
 from nats.js.api import StreamConfig
@@ -22,37 +24,52 @@ from nats.js.api import StreamConfig
 from bench.support import machine, nats_server, recorded_watch_stream
 from bus.envelope import EventType
 from bus.layout import BusLayout
+from bus.producer import JetStreamProducer
 from bus.streams import ensure_object_stream
 from bus.subjects import ResourceType
 from kubus.kube import ApiResource
 from kubus.kube.client import decode_watch_event
+from kubus.service import tune_gc
 from watcher.events import ObjectEventFactory
 from watcher.publisher import BusPublisher
 
 PODS = ResourceType("", "v1", "pods")
 
 
-async def plain(url: str, payloads: list[bytes]) -> float:
+class Rate(NamedTuple):
+    per_second: float
+    cpu_us_per_event: float  # this process only; steadier than the rate on a shared machine
+
+
+def _rate(count: int, wall: float, cpu: float) -> Rate:
+    return Rate(count / wall, cpu / count * 1e6)
+
+
+async def plain(url: str, payloads: list[bytes]) -> Rate:
     connection = await nats.connect(url)
     js = connection.jetstream()
     await js.add_stream(StreamConfig(name="PLAIN", subjects=["plain.>"], max_msgs_per_subject=1))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     acks = [
         await js.publish_async(f"plain.{index % 10_000}", payload)
         for index, payload in enumerate(payloads)
     ]
     await asyncio.gather(*acks)
-    elapsed = time.perf_counter() - started
+    rate = _rate(len(payloads), time.perf_counter() - started, time.process_time() - cpu)
     await connection.close()
-    return len(payloads) / elapsed
+    return rate
 
 
-async def kubus(url: str, lines: list[bytes]) -> float:
+async def kubus(url: str, lines: list[bytes], max_in_flight: int) -> Rate:
     connection = await nats.connect(url)
     js = connection.jetstream()
     layout = BusLayout(prefix="bench")
     await ensure_object_stream(js, layout)
-    publisher = BusPublisher(js, layout, tracer=None, tombstone_ttl=3600, max_in_flight=256)
+    producer = JetStreamProducer(connection)
+    await producer.start()
+    publisher = BusPublisher(
+        js, producer, layout, tracer=None, tombstone_ttl=3600, max_in_flight=max_in_flight
+    )
     factory = ObjectEventFactory(
         api=ApiResource("", "v1", "pods", "Pod", True, frozenset()),
         resource=PODS,
@@ -60,44 +77,61 @@ async def kubus(url: str, lines: list[bytes]) -> float:
         max_payload=connection.max_payload,
         known=publisher.known,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     pending = []
     for line in lines:
         event = decode_watch_event(line)
         pending.append(await publisher.submit(factory(bytes(event.object), EventType(event.type))))
     await asyncio.gather(*pending)
-    elapsed = time.perf_counter() - started
+    rate = _rate(len(lines), time.perf_counter() - started, time.process_time() - cpu)
     await publisher.close()
+    await producer.close()
     await connection.close()
-    return len(lines) / elapsed
+    return rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=10_000)
     parser.add_argument("--events-per-pod", type=int, default=3)
+    parser.add_argument("--max-in-flight", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3, help="report the median of this many")
     args = parser.parse_args()
+    tune_gc()  # both loops run with the watcher service's GC settings
     lines = recorded_watch_stream(args.pods, args.events_per_pod)
     payloads = [bytes(decode_watch_event(line).object) for line in lines]
     size = sum(len(p) for p in payloads) / len(payloads)
-    with nats_server() as url:
-        plain_rate = asyncio.run(plain(url, payloads))
-    with nats_server() as url:
-        kubus_rate = asyncio.run(kubus(url, lines))
+    plains, kubuses = [], []
+    for _ in range(args.rounds):
+        with nats_server() as url:
+            plains.append(asyncio.run(plain(url, payloads)))
+        with nats_server() as url:
+            kubuses.append(asyncio.run(kubus(url, lines, args.max_in_flight)))
+    plain_rate = Rate(*(statistics.median(values) for values in zip(*plains, strict=True)))
+    kubus_rate = Rate(*(statistics.median(values) for values in zip(*kubuses, strict=True)))
     result = {
         "benchmark": "watcher_publish",
         "machine": machine(),
         "events": len(lines),
         "mean_object_bytes": round(size),
-        "plain_publish_per_s": round(plain_rate),
-        "kubus_events_per_s": round(kubus_rate),
-        "kubus_vs_plain": round(kubus_rate / plain_rate, 2),
+        "rounds": args.rounds,
+        "plain_publish_per_s": round(plain_rate.per_second),
+        "plain_cpu_us_per_event": round(plain_rate.cpu_us_per_event, 1),
+        "kubus_events_per_s": round(kubus_rate.per_second),
+        "kubus_cpu_us_per_event": round(kubus_rate.cpu_us_per_event, 1),
+        "kubus_vs_plain": round(kubus_rate.per_second / plain_rate.per_second, 2),
     }
-    print(f"{len(lines)} watch events of {size:.0f}-byte pods on {machine()}")
-    print(f"  plain nats-py publish_async loop : {plain_rate:>9,.0f} msgs/s")
     print(
-        f"  kubus watcher publish path       : {kubus_rate:>9,.0f} events/s "
-        f"({kubus_rate / plain_rate:.0%} of plain)"
+        f"{len(lines)} watch events of {size:.0f}-byte pods on {machine()}, median of {args.rounds}"
+    )
+    print(
+        f"  plain nats-py publish_async loop : {plain_rate.per_second:>9,.0f} msgs/s   "
+        f"{plain_rate.cpu_us_per_event:5.1f} us CPU each"
+    )
+    share = kubus_rate.per_second / plain_rate.per_second
+    print(
+        f"  kubus watcher publish path       : {kubus_rate.per_second:>9,.0f} events/s "
+        f"{kubus_rate.cpu_us_per_event:5.1f} us CPU each ({share:.0%} of plain)"
     )
     print(json.dumps(result))
 

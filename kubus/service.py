@@ -10,20 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["run_service"]
+__all__ = ["run_service", "tune_gc"]
 
 log = logging.getLogger(__name__)
+
+# Python's default (700, 10, 10) runs a young-generation collection every 700 allocations;
+# on the watcher's publish path that was a fifth of the time per event, for objects that
+# reference counting frees anyway (measured: bench.watcher_publish, 58 -> 46 us per event).
+GC_THRESHOLDS: Final = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Fewer, larger cyclic-GC passes; what exists now (modules, startup state) is frozen out of
+    them for good."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 Service = Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 async def run_service(service: Service, *, grace: float = 30.0) -> None:
     """``service(stop, serving)``: it sets ``serving`` once started, and returns after ``stop``."""
+    tune_gc()
     stop = asyncio.Event()
     serving = asyncio.Event()
     interrupted = asyncio.Event()

@@ -48,7 +48,7 @@ class WatcherConfig:
     metrics: BindAddress | None = None
     tombstone_ttl: float = 24 * 3600.0
     stream_replicas: int = 1
-    max_in_flight: int = 256
+    max_in_flight: int = 1024
 
 
 def parse_resources(text: str, *, mirror_secrets: bool) -> tuple[ResourceType, ...]:

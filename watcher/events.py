@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Headers travel inside the max payload too; keep room for them.
 _HEADER_ROOM: Final = 2048
+# Past this many remembered subjects the memo starts over (about 200 bytes an entry).
+_LOCATED_MAX: Final = 200_000
 
 
 class ObjectEventFactory:
@@ -50,10 +52,20 @@ class ObjectEventFactory:
             + api.kind.encode()
             + b'",'
         )
+        self._located: dict[tuple[str | None, str], tuple[ObjectRef, str]] = {}
         self._received = {
             event_type: metrics.EVENTS_RECEIVED.labels(self._label, event_type.value)
             for event_type in EventType
         }
+
+    def _locate(self, namespace: str | None, name: str) -> tuple[ObjectRef, str]:
+        """An object's ref and subject, remembered: objects change many times, and encoding a
+        subject costs more than the rest of an event's bookkeeping."""
+        if len(self._located) >= _LOCATED_MAX:
+            self._located.clear()
+        ref = ObjectRef(self._resource, namespace, name)
+        located = self._located[namespace, name] = (ref, self._layout.subject(ref))
+        return located
 
     def __call__(self, raw: bytes, event_type: EventType | None) -> ObjectEvent:
         """``event_type`` None means a listed object: ADDED unless the bus holds it live."""
@@ -63,8 +75,11 @@ class ObjectEventFactory:
         if not projection.api_version:
             payload = self._list_prefix + raw[1:]
             projection.api_version, projection.kind = self._api.api_version, self._api.kind
-        ref = ObjectRef(self._resource, meta.namespace if self._api.namespaced else None, meta.name)
-        subject = self._layout.subject(ref)
+        namespace = meta.namespace if self._api.namespaced else None
+        located = self._located.get((namespace, meta.name))
+        if located is None:
+            located = self._locate(namespace, meta.name)
+        ref, subject = located
         if event_type is None:
             known = self._known(subject)
             event_type = EventType.ADDED if known is None or known.deleted else EventType.MODIFIED

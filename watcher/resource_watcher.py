@@ -78,6 +78,7 @@ class ResourceWatcher:
             collections.deque()
         )
         self._stored: str | None = None
+        self._last_event = metrics.LAST_EVENT_TIMESTAMP.labels(self._label)
 
     async def run(self) -> None:
         """Forever, until cancelled; a final checkpoint is stored on the way out."""
@@ -198,7 +199,7 @@ class ResourceWatcher:
     async def _submit(self, event: ObjectEvent) -> None:
         done = await self._publisher.submit(event)
         self._progress.append((event.resource_version_text, done))
-        metrics.LAST_EVENT_TIMESTAMP.labels(self._label).set_to_current_time()
+        self._last_event.set_to_current_time()
 
     async def _checkpoint_loop(self) -> None:
         while True:

@@ -9,6 +9,7 @@ import logging
 import nats
 from nats.aio.client import Client as NatsClient
 
+from bus.producer import JetStreamProducer
 from bus.streams import StreamSettings, ensure_bucket, ensure_object_stream
 from kubus.kube import KubeClient, load_kube_config
 from kubus.serving import Check, ProbeServer
@@ -45,8 +46,11 @@ async def run_watcher(
                 await kube.discover(resource.group, resource.version, resource.resource)
                 for resource in config.resources
             ]
+            producer = JetStreamProducer(nc)
+            await producer.start()
             publisher = BusPublisher(
                 js,
+                producer,
                 config.layout,
                 tracer=tracer,
                 tombstone_ttl=config.tombstone_ttl,
@@ -87,6 +91,7 @@ async def run_watcher(
                         task.cancel()
             finally:
                 await publisher.close()
+                await producer.close()
                 await probes.stop()
     finally:
         await _close(nc)

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import datetime
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
@@ -32,6 +33,7 @@ from reconcilers.controllers.deploymentutil import (
     POD_TEMPLATE_HASH,
     REVISION,
     REVISION_HISTORY,
+    ROLLBACK_TO,
     max_surge,
     max_unavailable,
     replicas,
@@ -50,6 +52,11 @@ REPLICASETS: Final = ResourceType("apps", "v1", "replicasets")
 PODS: Final = ResourceType("", "v1", "pods")
 COMPONENT: Final = "deployment-controller"
 MAX_HISTORY_CHARS: Final = 2000
+# Event reasons of a rollback, as upstream's deployment util names them.
+ROLLBACK_DONE: Final = "DeploymentRollback"
+ROLLBACK_NOT_FOUND: Final = "DeploymentRollbackRevisionNotFound"
+ROLLBACK_UNCHANGED: Final = "DeploymentRollbackTemplateUnchanged"
+_INT64: Final = re.compile(r"[+-]?[0-9]+")
 
 Object = dict[str, Any]
 
@@ -160,6 +167,11 @@ class DeploymentController:
         await self._check_paused_conditions(d)
         if spec.get("paused"):
             return await self._sync(d, rs_list)
+        # Not re-entrant: the rollback is finished (annotation cleared) before any rollout.
+        rollback_to = _rollback_to(d)
+        if rollback_to is not None:
+            await self._rollback(d, rs_list, rollback_to)
+            return Result()
         if await self._is_scaling_event(d, rs_list):
             return await self._sync(d, rs_list)
         if util.is_recreate(d):
@@ -486,6 +498,56 @@ class DeploymentController:
 
     # --- scaling ------------------------------------------------------------------------
 
+    async def _rollback(self, d: Object, rs_list: list[Object], revision: int) -> None:
+        """The deprecated ``deprecated.deployment.rollback.to`` annotation (apps/v1's form of
+        extensions/v1beta1's spec.rollbackTo): put that revision's template back, then clear it.
+        Revision 0 means the one before the latest."""
+        new_rs, old = await self._new_and_old(d, rs_list, create=True)
+        all_rss = [*old, new_rs] if new_rs is not None else old
+        if revision == 0:
+            revision = util.last_revision(all_rss)
+            if revision == 0:
+                self._event(d, "Warning", ROLLBACK_NOT_FOUND, "Unable to find last revision.")
+                await self._clear_rollback_to(d)
+                return
+        for rs in all_rss:
+            try:
+                found = util.revision(rs)
+            except ValueError:
+                continue
+            if found != revision:
+                continue
+            if util.equal_ignore_hash(d["spec"]["template"], rs["spec"]["template"]):
+                self._event(
+                    d,
+                    "Warning",
+                    ROLLBACK_UNCHANGED,
+                    "The rollback revision contains the same template as current deployment "
+                    f'"{d["metadata"]["name"]}"',
+                )
+                await self._clear_rollback_to(d)
+                return
+            util.set_from_replicaset_template(d, rs)
+            util.set_annotations_from_replicaset(d, rs)
+            await self._clear_rollback_to(d)
+            self._event(
+                d,
+                "Normal",
+                ROLLBACK_DONE,
+                f'Rolled back deployment "{d["metadata"]["name"]}" to revision {revision}',
+            )
+            return
+        self._event(d, "Warning", ROLLBACK_NOT_FOUND, "Unable to find the revision to rollback to.")
+        await self._clear_rollback_to(d)
+
+    async def _clear_rollback_to(self, d: Object) -> None:
+        """PUT the Deployment (template included) without the rollback annotation."""
+        _annotations(d).pop(ROLLBACK_TO, None)
+        meta = d["metadata"]
+        await self._ctx.kube.replace(
+            self._ctx.apis[DEPLOYMENTS], meta["namespace"], meta["name"], d
+        )
+
     async def _is_scaling_event(self, d: Object, rs_list: list[Object]) -> bool:
         new_rs, old = await self._new_and_old(d, rs_list, create=False)
         for rs in [*old, *([new_rs] if new_rs else [])]:
@@ -726,6 +788,15 @@ class DeploymentController:
 def _annotations(obj: Object) -> dict[str, str]:
     annotations: dict[str, str] = obj.get("metadata", {}).get("annotations") or {}
     return annotations
+
+
+def _rollback_to(d: Object) -> int | None:
+    """The revision asked for by the rollback annotation; an unparsable one is ignored."""
+    text = _annotations(d).get(ROLLBACK_TO, "")
+    if not _INT64.fullmatch(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def _replicaset_name(deployment: str, pod_hash: str) -> str:

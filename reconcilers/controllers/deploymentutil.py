@@ -12,12 +12,15 @@ from typing import Any, Final
 __all__ = [
     "compute_hash",
     "equal_ignore_hash",
+    "last_revision",
     "max_surge",
     "max_unavailable",
     "new_rs_new_replicas",
     "resolve_fenceposts",
     "revision",
     "scaled_value",
+    "set_annotations_from_replicaset",
+    "set_from_replicaset_template",
 ]
 
 Object = dict[str, Any]
@@ -164,6 +167,41 @@ def max_revision(rss: Iterable[Object]) -> int:
         except ValueError:
             continue
     return best
+
+
+def last_revision(rss: Iterable[Object]) -> int:
+    """The revision before the newest (what a rollback to revision 0 means); 0 if none."""
+    newest = previous = 0
+    for rs in rss:
+        try:
+            value = revision(rs)
+        except ValueError:
+            continue
+        if value >= newest:
+            newest, previous = value, newest
+        elif value > previous:
+            previous = value
+    return previous
+
+
+def set_from_replicaset_template(deployment: Object, rs: Object) -> None:
+    """The Deployment's pod template becomes the ReplicaSet's, without its hash label."""
+    template = copy.deepcopy(rs["spec"]["template"])
+    labels = (template.get("metadata") or {}).get("labels")
+    if labels:
+        labels.pop(POD_TEMPLATE_HASH, None)
+    deployment["spec"]["template"] = template
+
+
+def set_annotations_from_replicaset(deployment: Object, rs: Object) -> None:
+    """On rollback the Deployment takes the ReplicaSet's annotations (change-cause and the
+    like), keeping only its own controller-managed ones."""
+    meta = deployment["metadata"]
+    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k in NOT_COPIED}
+    for key, value in (rs["metadata"].get("annotations") or {}).items():
+        if key not in NOT_COPIED:
+            kept[key] = value
+    meta["annotations"] = kept
 
 
 def status_sum(rss: Iterable[Object], field: str) -> int:

@@ -397,3 +397,54 @@ def test_rolling_back_to_an_earlier_template_reuses_its_replicaset(
     assert back.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
     assert back.metadata.annotations["deployment.kubernetes.io/revision-history"] == "1"
     assert d.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
+
+
+def test_the_deprecated_rollback_annotation_rolls_back_and_is_cleared(
+    kube: Any, namespace: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    rollback_to = "deprecated.deployment.rollback.to"
+
+    def annotate(value: str) -> None:
+        apps.patch_namespaced_deployment(
+            "web", namespace, {"metadata": {"annotations": {rollback_to: value}}}
+        )
+
+    def cleared() -> Any:
+        d = apps.read_namespaced_deployment("web", namespace)
+        return d if rollback_to not in (d.metadata.annotations or {}) else None
+
+    def event(reason: str) -> Any:
+        return next(
+            (
+                e
+                for e in core.list_namespaced_event(namespace).items
+                if e.reason == reason and e.involved_object.name == "web"
+            ),
+            None,
+        )
+
+    with kubus_pool(stack_env, tmp_path):
+        apps.create_namespaced_deployment(namespace, deployment("web", 2))
+        wait_for(lambda: complete(apps, namespace, "web"), timeout=60, what="revision 1")
+        set_image(apps, namespace, "web", "registry.example/web:2")
+        wait_for(lambda: complete(apps, namespace, "web"), timeout=60, what="revision 2")
+
+        annotate("99")  # no such revision: a warning, and the request is dropped
+        wait_for(cleared, timeout=30, what="the annotation cleared")
+        missing = wait_for(
+            lambda: event("DeploymentRollbackRevisionNotFound"), timeout=30, what="event"
+        )
+        assert missing.type == "Warning"
+        assert missing.message == "Unable to find the revision to rollback to."
+
+        annotate("0")  # 0: the revision before the latest, as `rollout undo` asked for it
+        wait_for(cleared, timeout=30, what="the annotation cleared")
+        d = wait_for(lambda: complete(apps, namespace, "web"), timeout=60, what="rolled back")
+        done = wait_for(lambda: event("DeploymentRollback"), timeout=30, what="event")
+    assert d.spec.template.spec.containers[0].image == "registry.example/web:1"
+    assert "pod-template-hash" not in d.spec.template.metadata.labels
+    assert d.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
+    assert done.type == "Normal"
+    assert done.message == 'Rolled back deployment "web" to revision 1'
+    assert len(replicasets_of(apps, namespace, "web")) == 2

@@ -178,3 +178,59 @@ def test_proportional_scaling_of_a_rollout_in_progress(
         for name, size in before.items()
     ]
     assert sizes_after(desired, rss) == after
+
+
+def _rs_at(revision: str | None, **annotations: str) -> dict[str, Any]:
+    if revision is not None:
+        annotations["deployment.kubernetes.io/revision"] = revision
+    return {
+        "metadata": {"annotations": annotations},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": "web", "pod-template-hash": "abc"}},
+                "spec": {"containers": [{"name": "web", "image": f"web:{revision}"}]},
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("revisions", "expected"),
+    [
+        (["1", "2", "3"], 2),
+        (["3", "1", "2"], 2),
+        (["5"], 0),
+        ([], 0),
+        (["2", "not-a-number", None, "7"], 2),
+        (["4", "4"], 4),
+    ],
+)
+def test_the_last_revision_is_the_one_before_the_newest(
+    revisions: list[str | None], expected: int
+) -> None:
+    assert util.last_revision([_rs_at(r) for r in revisions]) == expected
+
+
+def test_a_rollback_takes_the_template_without_its_hash_and_the_replicasets_annotations() -> None:
+    deployment: dict[str, Any] = {
+        "metadata": {
+            "annotations": {
+                "kubernetes.io/change-cause": "edit",
+                "deployment.kubernetes.io/revision": "2",
+                "deprecated.deployment.rollback.to": "1",
+            }
+        },
+        "spec": {"template": {"metadata": {"labels": {"app": "web"}}, "spec": {}}},
+    }
+    rs = _rs_at("1", **{"kubernetes.io/change-cause": "create", "team": "a"})
+    util.set_from_replicaset_template(deployment, rs)
+    util.set_annotations_from_replicaset(deployment, rs)
+    assert deployment["spec"]["template"]["metadata"]["labels"] == {"app": "web"}
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "web:1"
+    assert rs["spec"]["template"]["metadata"]["labels"]["pod-template-hash"] == "abc"
+    assert deployment["metadata"]["annotations"] == {
+        "kubernetes.io/change-cause": "create",
+        "team": "a",
+        "deployment.kubernetes.io/revision": "2",
+        "deprecated.deployment.rollback.to": "1",
+    }

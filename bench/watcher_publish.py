@@ -81,7 +81,8 @@ async def kubus(url: str, lines: list[bytes], max_in_flight: int) -> Rate:
     pending = []
     for line in lines:
         event = decode_watch_event(line)
-        pending.append(await publisher.submit(factory(bytes(event.object), EventType(event.type))))
+        object_event = factory(event.raw, EventType(event.type), event.object)
+        pending.append(await publisher.submit(object_event))
     await asyncio.gather(*pending)
     rate = _rate(len(lines), time.perf_counter() - started, time.process_time() - cpu)
     await publisher.close()
@@ -99,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     tune_gc()  # both loops run with the watcher service's GC settings
     lines = recorded_watch_stream(args.pods, args.events_per_pod)
-    payloads = [bytes(decode_watch_event(line).object) for line in lines]
+    payloads = [decode_watch_event(line).raw for line in lines]
     size = sum(len(p) for p in payloads) / len(payloads)
     plains, kubuses = [], []
     for _ in range(args.rounds):

@@ -15,7 +15,7 @@ from typing import Final
 from bus.envelope import EventType, decode_meta, reference_payload, resource_version_number
 from bus.layout import BusLayout
 from bus.subjects import ObjectRef, ResourceType
-from kubus.kube import ApiResource
+from kubus.kube import ApiResource, ObjectIdentity, decode_identity
 from watcher import metrics
 from watcher.publisher import Known, ObjectEvent
 
@@ -67,14 +67,17 @@ class ObjectEventFactory:
         located = self._located[namespace, name] = (ref, self._layout.subject(ref))
         return located
 
-    def __call__(self, raw: bytes, event_type: EventType | None) -> ObjectEvent:
-        """``event_type`` None means a listed object: ADDED unless the bus holds it live."""
-        projection = decode_meta(raw)
-        meta = projection.metadata
+    def __call__(
+        self, raw: bytes, event_type: EventType | None, identity: ObjectIdentity | None = None
+    ) -> ObjectEvent:
+        """``event_type`` None means a listed object: ADDED unless the bus holds it live.
+        ``identity``, when the caller decoded it already (a watch event), saves a decode."""
+        if identity is None:
+            identity = decode_identity(raw)
+        meta = identity.metadata
         payload = raw
-        if not projection.api_version:
+        if not identity.api_version:
             payload = self._list_prefix + raw[1:]
-            projection.api_version, projection.kind = self._api.api_version, self._api.kind
         namespace = meta.namespace if self._api.namespaced else None
         located = self._located.get((namespace, meta.name))
         if located is None:
@@ -94,6 +97,8 @@ class ObjectEventFactory:
                 len(payload),
                 self._max_payload,
             )
+            projection = decode_meta(raw)
+            projection.api_version, projection.kind = self._api.api_version, self._api.kind
             payload = reference_payload(projection)
         self._received[event_type].inc()
         return ObjectEvent(

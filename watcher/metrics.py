@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
+
+from kubus.fastmetrics import FastCounter, FastHistogram
 
 __all__ = [
     "EVENTS_PUBLISHED",
@@ -16,12 +18,13 @@ __all__ = [
     "WATCH_RESTARTS",
 ]
 
-EVENTS_RECEIVED = Counter(
+# Updated once or more per event: the hot-path kind (see kubus.fastmetrics).
+EVENTS_RECEIVED = FastCounter(
     "kubus_watcher_events_received",
     "Watch events and listed objects received from the apiserver.",
     ["resource", "type"],
 )
-EVENTS_PUBLISHED = Counter(
+EVENTS_PUBLISHED = FastCounter(
     "kubus_watcher_events_published",
     "Object states acknowledged by JetStream, by resource and event type.",
     ["resource", "type"],
@@ -49,7 +52,7 @@ WATCH_RESTARTS = Counter(
     "Watches that ended with an error and were restarted, by resource.",
     ["resource"],
 )
-PUBLISH_LATENCY = Histogram(
+PUBLISH_LATENCY = FastHistogram(
     "kubus_watcher_publish_latency_seconds",
     "From receiving an event to its JetStream acknowledgement.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

@@ -28,13 +28,13 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Tracer
-from prometheus_client import Counter
 
 from bus.envelope import EventType, header_block, resource_version_number
 from bus.layout import BusLayout
 from bus.producer import JetStreamProducer, PubAck, PublishRejected
 from bus.reader import ObjectStreamReader
 from bus.subjects import ObjectRef, ResourceType
+from kubus.fastmetrics import CounterChild
 from kubus.telemetry import HeaderSetter
 from watcher import metrics
 
@@ -134,7 +134,7 @@ class BusPublisher:
         self._waiting: dict[str, _Slot] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._published: dict[tuple[str, EventType], Counter] = {}
+        self._published: dict[tuple[str, EventType], CounterChild] = {}
 
     # --- what the bus holds -------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from bus.envelope import EventType, decode_meta
+from bus.envelope import EventType
 from bus.layout import BusLayout
 from bus.subjects import ResourceType
 from kubus.kube import ApiResource, GoneError, KubeApiError, KubeClient
@@ -178,11 +178,10 @@ class ResourceWatcher:
         ) as events:
             self.synced.set()
             async for watch_event in events:
-                raw = bytes(watch_event.object)
                 if watch_event.type == "BOOKMARK":
-                    resource_version = decode_meta(raw).metadata.resource_version
+                    resource_version = watch_event.object.metadata.resource_version
                     self._progress.append((resource_version, None))
-                    metrics.LAST_EVENT_TIMESTAMP.labels(self._label).set_to_current_time()
+                    self._last_event.set_to_current_time()
                     continue
                 try:
                     event_type = EventType(watch_event.type)
@@ -191,7 +190,7 @@ class ResourceWatcher:
                         "%s: ignoring watch event of type %r", self._label, watch_event.type
                     )
                     continue
-                event = self._object_event(raw, event_type)
+                event = self._object_event(watch_event.raw, event_type, watch_event.object)
                 await self._submit(event)
                 resource_version = event.resource_version_text
         return resource_version

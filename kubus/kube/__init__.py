@@ -5,7 +5,14 @@ plugins); requests go through aiohttp and responses are decoded with msgspec, so
 blocks the event loop and an object is decoded once, only as far as the caller needs.
 """
 
-from kubus.kube.client import ApiResource, KubeClient, ListPage, WatchEvent
+from kubus.kube.client import (
+    ApiResource,
+    KubeClient,
+    ListPage,
+    ObjectIdentity,
+    WatchEvent,
+    decode_identity,
+)
 from kubus.kube.config import KubeConfig, load_kube_config
 from kubus.kube.errors import (
     AlreadyExistsError,
@@ -28,7 +35,9 @@ __all__ = [
     "KubeConfig",
     "ListPage",
     "NotFoundError",
+    "ObjectIdentity",
     "UnknownResourceError",
     "WatchEvent",
+    "decode_identity",
     "load_kube_config",
 ]

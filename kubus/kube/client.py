@@ -60,7 +60,30 @@ class ListPage(msgspec.Struct):
     metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
 
 
+class IdentityMeta(msgspec.Struct, rename="camel"):
+    name: str = ""
+    namespace: str | None = None
+    uid: str = ""
+    resource_version: str = ""
+
+
+class ObjectIdentity(msgspec.Struct):
+    """Which object, at which version: all a watch consumer needs to route an event."""
+
+    metadata: IdentityMeta = msgspec.field(default_factory=IdentityMeta)
+    api_version: str = msgspec.field(default="", name="apiVersion")
+    kind: str = ""
+
+
 class WatchEvent(msgspec.Struct):
+    """One watch event: its type, the object's identity, and the object's JSON as sent."""
+
+    type: str
+    object: ObjectIdentity
+    raw: bytes = b""
+
+
+class _RawWatchEvent(msgspec.Struct):
     type: str
     object: msgspec.Raw
 
@@ -86,6 +109,8 @@ _setter = HeaderSetter()
 _encoder = msgspec.json.Encoder()
 _page_decoder = msgspec.json.Decoder(ListPage)
 _event_decoder = msgspec.json.Decoder(WatchEvent)
+_raw_event_decoder = msgspec.json.Decoder(_RawWatchEvent)
+_identity_decoder = msgspec.json.Decoder(ObjectIdentity)
 _status_decoder = msgspec.json.Decoder(_Status)
 _resources_decoder = msgspec.json.Decoder(_ResourceList)
 
@@ -380,12 +405,29 @@ class TokenBucket:
 
 
 def decode_watch_event(line: bytes) -> WatchEvent:
-    """One line of a watch stream; an ERROR event raises :class:`KubeApiError`."""
+    """One line of a watch stream; an ERROR event raises :class:`KubeApiError`.
+
+    One decoding pass (the hot path of the watcher): the identity is decoded, and the object's
+    bytes are cut out of the line, which the apiserver writes as
+    ``{"type":"<TYPE>","object":<OBJECT>}``; a line in any other shape is decoded a second time
+    to find them.
+    """
     event = _event_decoder.decode(line)
+    head = b'{"type":"' + event.type.encode() + b'","object":'
+    end = line.rfind(b"}")
+    if line.startswith(head) and line[len(head) : len(head) + 1] == b"{" and end > len(head):
+        event.raw = line[len(head) : end]
+    else:
+        event.raw = bytes(_raw_event_decoder.decode(line).object)
     if event.type == "ERROR":
-        status = _status_decoder.decode(event.object)
+        status = _status_decoder.decode(event.raw)
         raise _error(status.code, status.reason, status.message)
     return event
+
+
+def decode_identity(raw: bytes) -> ObjectIdentity:
+    """The identity of one object's JSON (a list item, say)."""
+    return _identity_decoder.decode(raw)
 
 
 def _error_from(status_code: int, body: bytes) -> KubeApiError:

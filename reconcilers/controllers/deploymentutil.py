@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import math
 from collections.abc import Iterable
 from typing import Any, Final
+
+from reconcilers.controllers import podtemplatehash
 
 __all__ = [
     "compute_hash",
@@ -36,25 +37,16 @@ NOT_COPIED: Final = frozenset(
     {LAST_APPLIED, REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS, ROLLBACK_TO}
 )
 MAX_INT32: Final = 2**31 - 1
-_SAFE_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def compute_hash(template: Object, collision_count: int | None) -> str:
-    """The pod-template-hash: FNV-1a 32 of the template, then the collision count, encoded
-    with Kubernetes' vowel-free alphabet.
-
-    kube-controller-manager hashes a Go debug print of the template struct; kubus hashes the
-    template's canonical JSON (sorted keys). The shape, encoding and collision handling are the
-    same; the values differ, which only changes the names of ReplicaSets kubus creates:
-    matching a Deployment to its ReplicaSets never uses the hash (see equal_ignore_hash).
+    """The pod-template-hash, identical to kube-controller-manager's controller.ComputeHash:
+    FNV-1a 32 of go-spew's print of the template as kcm's informer decodes it, then the
+    collision count (uint32, little-endian, padded to 8 bytes), spelled with Kubernetes'
+    vowel-free alphabet. ``template`` is the JSON the apiserver returns; see podtemplatehash
+    for what is exact (everything but a non-null Time's zone, which assumes kcm's UTC fallback).
     """
-    value = 0x811C9DC5
-    data = json.dumps(template, sort_keys=True, separators=(",", ":")).encode()
-    if collision_count is not None:
-        data += (collision_count & 0xFFFFFFFF).to_bytes(4, "little") + b"\0\0\0\0"
-    for byte in data:
-        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return "".join(_SAFE_ALPHABET[ord(digit) % len(_SAFE_ALPHABET)] for digit in str(value))
+    return podtemplatehash.compute_hash(template, collision_count)
 
 
 def _normalized(value: Any) -> Any:

@@ -129,7 +129,7 @@ def header_block(
     header block early and inject headers.
     """
     text = (
-        f"NATS/1.0\r\n{Header.EVENT}: {event.value}\r\n"
+        f"NATS/1.0\r\n{Header.EVENT}: {event}\r\n"  # a StrEnum formats as its value
         f"{Header.RESOURCE_VERSION}: {resource_version}\r\n{Header.UID}: {uid}\r\n"
         f"{Header.MSG_ID}: {msg_id(uid, resource_version, event)}\r\n"
         f"{Header.EXPECTED_LAST_SUBJECT_SEQUENCE}: {expected_last_sequence}\r\n"

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence check.
 _WRONG_LAST_SEQUENCE: Final = 10071
 _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
+_YIELD_EVERY: Final = 64
 _setter = HeaderSetter()
 
 
@@ -134,6 +135,7 @@ class BusPublisher:
         self._waiting: dict[str, _Slot] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._submitted = 0
         self._published: dict[tuple[str, EventType], CounterChild] = {}
 
     # --- what the bus holds -------------------------------------------------------------
@@ -178,6 +180,11 @@ class BusPublisher:
     async def submit(self, event: ObjectEvent) -> asyncio.Future[None]:
         """Queue one state; the future resolves once the bus holds it or something newer."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submitted += 1
+        if self._submitted % _YIELD_EVERY == 0:
+            # A backlog (a relist, a burst) is submitted without a pause otherwise: let the
+            # writes go out and the acks come in while it lasts, rather than stop-and-go.
+            await asyncio.sleep(0)
         await self._capacity.acquire()
         subject = event.subject
         known = self._known.get(subject)

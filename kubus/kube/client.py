@@ -111,6 +111,10 @@ _page_decoder = msgspec.json.Decoder(ListPage)
 _event_decoder = msgspec.json.Decoder(WatchEvent)
 _raw_event_decoder = msgspec.json.Decoder(_RawWatchEvent)
 _identity_decoder = msgspec.json.Decoder(ObjectIdentity)
+_LINE_HEADS: Final = {
+    kind: b'{"type":"' + kind.encode() + b'","object":'
+    for kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
+}
 _status_decoder = msgspec.json.Decoder(_Status)
 _resources_decoder = msgspec.json.Decoder(_ResourceList)
 
@@ -413,7 +417,7 @@ def decode_watch_event(line: bytes) -> WatchEvent:
     to find them.
     """
     event = _event_decoder.decode(line)
-    head = b'{"type":"' + event.type.encode() + b'","object":'
+    head = _LINE_HEADS.get(event.type) or b'{"type":"' + event.type.encode() + b'","object":'
     end = line.rfind(b"}")
     if line.startswith(head) and line[len(head) : len(head) + 1] == b"{" and end > len(head):
         event.raw = line[len(head) : end]

@@ -93,6 +93,7 @@ class PartitionOwnership:
         self._on_lost = on_lost
         self._held: dict[int, _Lease] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._releasing: set[int] = set()
         self.live_members: list[str] = []
 
     @property
@@ -113,8 +114,7 @@ class PartitionOwnership:
 
     async def release_all(self) -> None:
         """Stop work on every partition, then hand the leases back (SIGTERM, shutdown)."""
-        for partition in sorted(self._held):
-            await self._release(partition)
+        await asyncio.gather(*(self._release(p) for p in sorted(self._held)))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(NatsError, TimeoutError):
@@ -133,12 +133,14 @@ class PartitionOwnership:
         self.live_members = sorted(key.removeprefix("m.") for key in keys if key.startswith("m."))
         members = self.live_members or [self.member]
         wanted = {p for p in range(self._partitions) if rendezvous_owner(p, members) == self.member}
-        for partition in sorted(self._held):
-            if partition in wanted:
-                await self._renew(partition)
-            else:
-                await self._release(partition)
-        for partition in sorted(wanted - set(self._held)):
+        # Renewals first and together: a round must never delay them past the renew deadline.
+        await asyncio.gather(*(self._renew(p) for p in sorted(self._held) if p in wanted))
+        # A release waits for the partition's in-flight reconciles (seconds, at worst): in the
+        # background, so the next round's renewals are not held up behind it.
+        for partition in sorted(set(self._held) - wanted):
+            lease = self._held.pop(partition)
+            self._spawn(self._release_held(partition, lease))
+        for partition in sorted(wanted - set(self._held) - self._releasing):
             await self._acquire(partition)
 
     def _fence(self, partition: int) -> None:
@@ -150,14 +152,17 @@ class PartitionOwnership:
             partition,
             self._timing.renew_deadline,
         )
-        task = asyncio.get_running_loop().create_task(self._on_lost(partition))
+        self._spawn(self._on_lost(partition))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._reap)
 
     def _reap(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("stopping a fenced partition failed", exc_info=task.exception())
+            log.error("stopping work on a partition failed", exc_info=task.exception())
 
     def _fence_timer(self, partition: int) -> asyncio.TimerHandle:
         loop = asyncio.get_running_loop()
@@ -178,12 +183,16 @@ class PartitionOwnership:
         await self._on_acquired(partition)
 
     async def _renew(self, partition: int) -> None:
-        lease = self._held[partition]
+        lease = self._held.get(partition)
+        if lease is None:
+            return  # fenced meanwhile
         try:
             revision = await self._leases.update(
                 _lease_key(partition), self.member.encode(), last=lease.revision
             )
         except (KeyWrongLastSequenceError, KeyNotFoundError):
+            if self._held.get(partition) is not lease:
+                return  # fenced while the renewal was on its way; that stopped the work
             log.error("partition %d: lease taken over; stopping work on it", partition)
             lease.fence.cancel()
             del self._held[partition]
@@ -200,13 +209,20 @@ class PartitionOwnership:
 
     async def _release(self, partition: int) -> None:
         lease = self._held.pop(partition, None)
-        if lease is None:
-            return
-        lease.fence.cancel()
-        await self._on_lost(partition)
-        with contextlib.suppress(NatsError, TimeoutError):  # else it expires by itself
-            await self._leases.delete(_lease_key(partition), last=lease.revision)
-        log.info("partition %d: released", partition)
+        if lease is not None:
+            await self._release_held(partition, lease)
+
+    async def _release_held(self, partition: int, lease: _Lease) -> None:
+        """Stop the work (the lease keeps others off meanwhile), then delete the lease."""
+        self._releasing.add(partition)
+        try:
+            lease.fence.cancel()
+            await self._on_lost(partition)
+            with contextlib.suppress(NatsError, TimeoutError):  # else it expires by itself
+                await self._leases.delete(_lease_key(partition), last=lease.revision)
+            log.info("partition %d: released", partition)
+        finally:
+            self._releasing.discard(partition)
 
     @property
     def _member_key(self) -> str:

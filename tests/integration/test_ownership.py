@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import nats
 import pytest
@@ -74,10 +75,10 @@ def test_a_member_hands_over_partitions_without_fencing_the_ones_it_keeps(
     asyncio.run(scenario())
 
 
-async def _until(condition: object, what: str, timeout: float = 30.0) -> None:
-    assert callable(condition)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(30):
+            while not condition():  # noqa: ASYNC110 - ownership rounds expose no event
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None

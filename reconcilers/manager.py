@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
@@ -164,7 +165,11 @@ class Manager:
                     feature_gates=dict(config.feature_gates),
                 )
                 for controller_type in config.controllers:
-                    controller: Controller = controller_type(context)
+                    # A write rate limit per controller, as kcm's client per controller has.
+                    own_client = kube.with_rate_limit(config.kube_api_qps, config.kube_api_burst)
+                    controller: Controller = controller_type(
+                        dataclasses.replace(context, kube=own_client)
+                    )
                     self._controllers[controller.name] = controller
                     self._queues[controller.name] = WorkQueue(controller.name)
                     for resource in controller.reads:

@@ -138,6 +138,20 @@ class KubeClient:
         self._session: aiohttp.ClientSession | None = None
         self._limiter = TokenBucket(qps, burst) if qps else None
         self._tracer = tracer
+        self._owns_session = True
+
+    def with_rate_limit(self, qps: float | None, burst: int) -> KubeClient:
+        """A client on this one's connections with a write rate limit of its own.
+
+        kube-controller-manager builds a client per controller, each with its own
+        --kube-api-qps/--kube-api-burst bucket; kubus's controllers get one of these each.
+        """
+        view = KubeClient(
+            self._config, timeout=self._timeout, qps=qps, burst=burst, tracer=self._tracer
+        )
+        view._session = self._require_session()
+        view._owns_session = False
+        return view
 
     async def __aenter__(self) -> KubeClient:
         self._session = aiohttp.ClientSession(
@@ -148,7 +162,7 @@ class KubeClient:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        if self._session is not None:
+        if self._session is not None and self._owns_session:
             await self._session.close()
             self._session = None
 

@@ -137,11 +137,18 @@ def new_rs_new_replicas(deployment: Object, all_rss: Iterable[Object], new_rs: O
     if is_recreate(deployment):
         return desired
     surge = scaled_value(_rolling(deployment).get("maxSurge", "25%"), desired, round_up=True)
-    current = sum(replicas(rs) for rs in all_rss)
+    # Upstream sums spec.replicas only, so for a moment after an old ReplicaSet is scaled down
+    # its pods (not deleted yet) and the new ones may together pass replicas + maxSurge. kubus
+    # also counts the pods a ReplicaSet still reports, so maxSurge holds for pods at all times.
+    current = sum(max(replicas(rs), _status_replicas(rs)) for rs in all_rss)
     max_total = desired + surge
     if current >= max_total:
         return replicas(new_rs)
     return replicas(new_rs) + min(max_total - current, desired - replicas(new_rs))
+
+
+def _status_replicas(rs: Object) -> int:
+    return int((rs.get("status") or {}).get("replicas") or 0)
 
 
 def revision(obj: Object) -> int:

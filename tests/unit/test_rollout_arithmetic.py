@@ -59,6 +59,18 @@ def test_new_replicaset_grows_within_the_surge() -> None:
     assert util.new_rs_new_replicas(deployment(4, strategy="Recreate"), [old, new], new) == 4
 
 
+def test_surge_room_waits_for_the_pods_an_old_replicaset_still_has() -> None:
+    d = deployment(10, surge=3)
+    new = {"spec": {"replicas": 3}, "status": {"replicas": 3}}
+    # Scaled down to 7, but its controller has not deleted the 3 pods yet.
+    old = {"spec": {"replicas": 7}, "status": {"replicas": 10}}
+    assert util.new_rs_new_replicas(d, [old, new], new) == 3
+    old["status"]["replicas"] = 8
+    assert util.new_rs_new_replicas(d, [old, new], new) == 5
+    old["status"]["replicas"] = 7
+    assert util.new_rs_new_replicas(d, [old, new], new) == 6
+
+
 def test_pod_template_hash_shape_and_collisions() -> None:
     template = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}}
     plain = util.compute_hash(template, None)

@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 binaries: setup
-	$(KUBUS) dev binaries
+	$(KUBUS) dev binaries --with kube-controller-manager
 
 lint: setup
 	$(VENV)/bin/ruff check .

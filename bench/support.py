@@ -1,4 +1,4 @@
-"""What the benchmarks share: a throw-away NATS server and realistic Kubernetes objects."""
+"""What the benchmarks share: throw-away stacks and servers, kubus processes, their metrics."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from kubus.devstack import Binaries, default_cache_dir
+from kubus.devstack import Binaries, DevStack, StackConfig, default_cache_dir
+from kubus.devstack.process import spawn
 
 
 @contextlib.contextmanager
@@ -233,7 +235,22 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def machine() -> str:
-    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    """Cores (and CPU model), memory, kernel and Python: what a figure was measured on."""
+    model, memory = "", ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = f" ({line.split(':', 1)[1].strip()})"
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f", {int(line.split()[1]) / 1024**2:.0f} GiB"
+                break
+    return (
+        f"{os.cpu_count()} cores{model}{memory}, Linux {os.uname().release}, "
+        f"Python {sys.version.split()[0]}"
+    )
 
 
 def free_port() -> int:
@@ -244,10 +261,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def dev_stack(nodes: int = 3) -> Iterator[dict[str, str]]:
-    """A fresh infrastructure-only dev stack in a temporary dir; yields its env."""
-    from kubus.devstack import DevStack, StackConfig
-
+def fresh_stack(
+    nodes: int = 3, *, progress: Callable[[str], None] | None = None
+) -> Iterator[DevStack]:
+    """A fresh infrastructure-only dev stack in a temporary dir, tied to this process."""
     state_dir = Path(tempfile.mkdtemp(prefix="kubus-bench-stack-"))
     stack = DevStack(
         StackConfig(
@@ -255,49 +272,135 @@ def dev_stack(nodes: int = 3) -> Iterator[dict[str, str]]:
             binaries=Binaries(cache_dir=default_cache_dir(os.environ)),
             nodes=nodes,
             services=False,
+            tied_to_parent=True,
         )
     )
-    env = stack.up()
+    stack.up(progress=progress or (lambda _line: None))
     try:
-        yield env
+        yield stack
     finally:
         stack.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
+def dev_stack(nodes: int = 3) -> Iterator[dict[str, str]]:
+    """A fresh infrastructure-only dev stack in a temporary dir; yields its env."""
+    with fresh_stack(nodes) as stack:
+        yield stack.env
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """A process a benchmark started: what it is, its handle, log and ports."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    health_port: int | None = None
+    metrics_port: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def start_process(
+    name: str, argv: list[str], *, log_dir: Path, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """Start ``argv`` with its output in ``log_dir/<name>.log``; it dies with this process."""
+    record, child = spawn(
+        name,
+        argv,
+        log_path=log_dir / f"{name}.log",
+        env={**os.environ, "OTEL_SDK_DISABLED": "true", **(env or {})},
+        die_with_parent=True,
+    )
+    return ServiceProcess(name, child, Path(record.log))
+
+
+def stop_processes(processes: list[ServiceProcess], *, grace: float = 30.0) -> None:
+    """SIGTERM every process, then wait (SIGKILL after ``grace`` seconds)."""
+    for service in processes:
+        if service.process.poll() is None:
+            service.process.terminate()
+    for service in processes:
+        try:
+            service.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait(timeout=10)
+
+
+def kubus_service(
+    env: dict[str, str], command: str, name: str, *args: str, log_dir: Path
+) -> ServiceProcess:
+    """``kubus watcher|reconciler`` against ``env``'s stack on free probe/metrics ports."""
+    health, metrics = free_port(), free_port()
+    service = start_process(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "kubus.cli",
+            command,
+            f"--kubeconfig={env['KUBECONFIG']}",
+            f"--nats-url={env['NATS_URL']}",
+            f"--health-probe-bind-address=127.0.0.1:{health}",
+            f"--metrics-bind-address=127.0.0.1:{metrics}",
+            *args,
+        ],
+        log_dir=log_dir,
+    )
+    return ServiceProcess(name, service.process, service.log, health, metrics)
+
+
+@contextlib.contextmanager
 def watcher_process(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """`kubus watcher` against ``env``'s stack, ready (its /readyz answers ok)."""
-    health = free_port()
-    handle, log_name = tempfile.mkstemp(prefix="kubus-bench-watcher-", suffix=".log")
-    with os.fdopen(handle, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubus.cli",
-                "watcher",
-                f"--kubeconfig={env['KUBECONFIG']}",
-                f"--nats-url={env['NATS_URL']}",
-                f"--health-probe-bind-address=127.0.0.1:{health}",
-                "--metrics-bind-address=0",
-                *args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OTEL_SDK_DISABLED": "true"},
-        )
+    log_dir = Path(tempfile.mkdtemp(prefix="kubus-bench-watcher-"))
+    watcher = kubus_service(env, "watcher", "watcher", *args, log_dir=log_dir)
     try:
-        wait_ready(process, health, what=f"watcher (log: {log_name})")
-        yield process
+        wait_ready(
+            watcher.process, _port(watcher.health_port), what=f"watcher (log: {watcher.log})"
+        )
+        yield watcher.process
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_processes([watcher])
 
 
-def wait_ready(process: subprocess.Popen[bytes], health_port: int, *, what: str) -> None:
-    """Until the process's /readyz answers; an exit or 60 s without it is an error."""
-    deadline = time.monotonic() + 60
+@contextlib.contextmanager
+def reconciler_processes(
+    env: dict[str, str], count: int, *args: str, log_dir: Path
+) -> Iterator[list[ServiceProcess]]:
+    """``count`` reconcilers of one pool against ``env``'s stack, all ready."""
+    reconcilers = [
+        kubus_service(env, "reconciler", f"reconciler-{index}", *args, log_dir=log_dir)
+        for index in range(count)
+    ]
+    try:
+        for service in reconcilers:
+            wait_ready(
+                service.process,
+                _port(service.health_port),
+                what=f"{service.name} (log: {service.log})",
+            )
+        yield reconcilers
+    finally:
+        stop_processes(reconcilers)
+
+
+def _port(port: int | None) -> int:
+    if port is None:
+        raise ValueError("the process serves no such port")
+    return port
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes], health_port: int, *, what: str, timeout: float = 120
+) -> None:
+    """Until the process's /readyz answers; an exit or ``timeout`` s without it is an error."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1):
@@ -306,6 +409,47 @@ def wait_ready(process: subprocess.Popen[bytes], health_port: int, *, what: str)
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"{what} did not get ready") from None
             time.sleep(0.1)
+
+
+def scrape_metrics(port: int, *, timeout: float = 5) -> str:
+    """The Prometheus text a process serves on ``port``'s /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def histogram_buckets(texts: list[str], name: str) -> dict[float, float]:
+    """Cumulative bucket counts of histogram ``name`` summed over every label set and text."""
+    buckets: dict[float, float] = {}
+    prefix = f"{name}_bucket"
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                value = float(line.rsplit(" ", 1)[1])
+                key = float("inf") if bound == "+Inf" else float(bound)
+                buckets[key] = buckets.get(key, 0.0) + value
+    return buckets
+
+
+def gauge_sum(text: str, name: str) -> float:
+    """The sum of gauge ``name`` over its label sets in one scrape."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def bucket_quantile(buckets: dict[float, float], fraction: float) -> float:
+    """The upper bound of the bucket holding the ``fraction`` quantile (NaN if empty)."""
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return float("nan")
+    for bound in sorted(buckets):
+        if buckets[bound] >= fraction * total:
+            return bound
+    return float("inf")
 
 
 def percentile(values: list[float], fraction: float) -> float:

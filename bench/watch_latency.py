@@ -15,9 +15,11 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import nats
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from bench.support import dev_stack, machine, percentile, watcher_process
@@ -36,7 +38,7 @@ async def measure(env: dict[str, str], prefix: str, rate: int, seconds: float) -
     remaining: set[tuple[str, str]] | None = None
     all_stored = asyncio.Event()
 
-    async def on_message(message: nats.aio.msg.Msg) -> None:
+    async def on_message(message: Msg) -> None:
         headers = message.headers or {}
         key = (message.subject.rsplit(".", 1)[1], headers[Header.RESOURCE_VERSION])
         stored[key] = time.monotonic()
@@ -101,7 +103,8 @@ async def measure(env: dict[str, str], prefix: str, rate: int, seconds: float) -
 def create_objects(env: dict[str, str]) -> None:
     from kubernetes import client, config
 
-    core = client.CoreV1Api(config.new_client_from_config(config_file=env["KUBECONFIG"]))
+    api_client = config.new_client_from_config(config_file=env["KUBECONFIG"])  # type: ignore[no-untyped-call]
+    core: Any = client.CoreV1Api(api_client)
     core.create_namespace({"metadata": {"name": "bench"}})
     for index in range(OBJECTS):
         core.create_namespaced_config_map(

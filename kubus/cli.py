@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from bench.compare import cli as bench_cli
 from kubus.cliutil import ArgumentParser, fail
 from kubus.devstack import cli as dev_cli
 from reconcilers import cli as reconciler_cli
@@ -23,6 +24,7 @@ def build_parser() -> ArgumentParser:
     dev_cli.add_dev_commands(commands)
     watcher_cli.add_watcher_command(commands)
     reconciler_cli.add_reconciler_command(commands)
+    bench_cli.add_bench_command(commands)
     return parser
 
 

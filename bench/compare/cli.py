@@ -1,0 +1,162 @@
+"""``kubus bench``: the flags, their checks, and the run (whose imports wait until it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+from kubus.cliutil import ArgumentParser, fail
+
+__all__ = ["DEFAULT_CONTENDERS", "add_bench_command", "run"]
+
+DEFAULT_CONTENDERS = "kube-controller-manager,kubus-1,kubus-2,kubus-4,ceiling"
+
+
+def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="kubus side by side with kube-controller-manager and a no-controller ceiling",
+        description="For each contender: a fresh infrastructure-only dev stack, N Deployments "
+        "x R replicas created, rolled to a new image and deleted, in two shapes (spread over "
+        "namespaces, and all in one); results.json, results.md and results.png in --out.",
+    )
+    parser.add_argument("--deployments", type=_positive_int, default=20, help="N (default 20)")
+    parser.add_argument("--replicas", type=_positive_int, default=5, help="R (default 5)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="output dir (default ./bench-results)",
+    )
+    parser.add_argument(
+        "--contenders",
+        type=_contenders,
+        default=_contenders(DEFAULT_CONTENDERS),
+        help=f"comma-separated (default {DEFAULT_CONTENDERS}); kubus-P for any P",
+    )
+    parser.add_argument(
+        "--namespaces",
+        type=_positive_int,
+        default=None,
+        help="namespaces of the spread shape (default: one per Deployment, at most 32)",
+    )
+    parser.add_argument(
+        "--kube-api-qps",
+        type=_positive_float,
+        default=20.0,
+        help="client QPS of every controller process, kcm's and kubus's alike (default 20)",
+    )
+    parser.add_argument(
+        "--kube-api-burst", type=_positive_int, default=30, help="client burst (default 30)"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=_positive_float,
+        default=None,
+        help="seconds each contender's six phases may take in all; a contender that misses "
+        "it is reported failed with what was stuck (default 120 + 1.5 per pod)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Heavy imports (the dev stack, the apiserver client, matplotlib) only once it runs.
+    from bench.compare.contenders import Limits, contender_named
+    from bench.compare.harness import Settings, run_all
+    from bench.compare.report import write_reports
+    from bench.compare.workload import Workload
+    from bench.support import machine
+
+    # SIGTERM, and SIGINT even where a background start ignores it, unwind through every
+    # `finally`, so the stacks and contenders' processes are stopped and nothing is left.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    workload = Workload(args.deployments, args.replicas)
+    settings = Settings(
+        workload=workload,
+        spread_namespaces=args.namespaces or min(args.deployments, 32),
+        limits=Limits(args.kube_api_qps, args.kube_api_burst),
+        deadline=args.deadline or 120 + 1.5 * workload.pods,
+        contenders=tuple(contender_named(name) for name in args.contenders),
+        log_dir=args.out / "logs",
+    )
+    started = time.monotonic()
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail("kubus bench", f"cannot use --out {args.out}: {error.strerror or error}")
+    records = run_all(settings, _progress)
+    results = {
+        "benchmark": "kubus bench",
+        "command": shlex.join(["kubus", "bench", *sys.argv[2:]])
+        if sys.argv[1:2] == ["bench"]
+        else "kubus bench",
+        "machine": machine(),
+        "started_at": started_at,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "settings": {
+            "deployments": workload.deployments,
+            "replicas": workload.replicas,
+            "pods": workload.pods,
+            "spread_namespaces": settings.spread_namespaces,
+            "kwok_nodes": workload.nodes(),
+            "kube_api_qps": args.kube_api_qps,
+            "kube_api_burst": args.kube_api_burst,
+            "deadline_seconds": settings.deadline,
+        },
+        "contenders": records,
+    }
+    write_reports(args.out, results)
+    _progress(f"wrote {args.out / 'results.json'}, results.md and results.png")
+    return 0 if all(record["ok"] for record in records) else 1
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _progress(line: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {line}", file=sys.stderr, flush=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _contenders(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one contender")
+    from bench.compare.contenders import contender_named
+
+    for name in names:
+        try:
+            contender_named(name)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a contender is named twice in {text!r}")
+    return names

@@ -1,0 +1,193 @@
+"""The contenders: the processes each one runs on a fresh stack, started and stopped.
+
+- ``kube-controller-manager``: the reference, ``--controllers=deployment,replicaset,
+  garbagecollector`` (the garbage collector cascades the Deployment deletes).
+- ``kubus-P``: a watcher and P reconcilers (deployment and replicaset controllers), plus
+  kube-controller-manager with ``--controllers=garbagecollector`` only, since kubus has no
+  garbage collector yet; that helper is counted in the contender's totals and apart.
+- ``ceiling``: no controller at all; the harness writes the pods itself.
+
+Every controller process gets the same ``--kube-api-qps``/``--kube-api-burst``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.support import (
+    ServiceProcess,
+    free_port,
+    kubus_service,
+    start_process,
+    stop_processes,
+    wait_ready,
+)
+from kubus.devstack import Binaries, default_cache_dir
+from kubus.devstack.process import tail
+
+__all__ = ["CEILING", "KCM", "Contender", "Limits", "Running", "contender_named", "kubus"]
+
+KCM = "kube-controller-manager"
+CEILING = "ceiling"
+GC_HELPER = "kcm-garbagecollector"
+READY_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The client rate limits every controller process gets (kcm's flags' names)."""
+
+    kube_api_qps: float
+    kube_api_burst: int
+
+
+@dataclass(frozen=True)
+class Running:
+    """A started contender: its processes, which of them is the GC helper, its metrics."""
+
+    processes: list[ServiceProcess] = field(default_factory=list)
+    helpers: frozenset[str] = frozenset()
+    reconcilers: list[ServiceProcess] = field(default_factory=list)
+
+    def check_alive(self) -> None:
+        for service in self.processes:
+            if service.process.poll() is not None:
+                raise RuntimeError(
+                    f"{service.name} exited with code {service.process.returncode}: "
+                    f"{tail(service.log)} (log: {service.log})"
+                )
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    # Reconciler processes for kubus, 0 for the others.
+    reconcilers: int = 0
+
+    @property
+    def is_ceiling(self) -> bool:
+        return self.name == CEILING
+
+    @property
+    def is_kubus(self) -> bool:
+        return self.reconcilers > 0
+
+    @contextlib.contextmanager
+    def start(self, env: dict[str, str], limits: Limits, *, log_dir: Path) -> Iterator[Running]:
+        started: list[ServiceProcess] = []
+        try:
+            if self.is_ceiling:
+                yield Running()
+                return
+            if not self.is_kubus:
+                kcm = _kcm(env, KCM, "deployment,replicaset,garbagecollector", limits, log_dir)
+                started.append(kcm)
+                _wait_kcm(kcm)
+                yield Running(processes=started)
+                return
+            watcher = kubus_service(env, "watcher", "watcher", log_dir=log_dir)
+            started.append(watcher)
+            reconcilers = [
+                kubus_service(
+                    env,
+                    "reconciler",
+                    f"reconciler-{index}",
+                    f"--kube-api-qps={limits.kube_api_qps:g}",
+                    f"--kube-api-burst={limits.kube_api_burst}",
+                    log_dir=log_dir,
+                )
+                for index in range(self.reconcilers)
+            ]
+            started.extend(reconcilers)
+            gc = _kcm(env, GC_HELPER, "garbagecollector", limits, log_dir)
+            started.append(gc)
+            for service in (watcher, *reconcilers):
+                assert service.health_port is not None
+                wait_ready(
+                    service.process,
+                    service.health_port,
+                    what=f"{service.name} (log: {service.log})",
+                    timeout=READY_TIMEOUT,
+                )
+            _wait_kcm(gc)
+            yield Running(
+                processes=started, helpers=frozenset({GC_HELPER}), reconcilers=reconcilers
+            )
+        finally:
+            stop_processes(started)
+
+
+def kubus(processes: int) -> Contender:
+    return Contender(f"kubus-{processes}", reconcilers=processes)
+
+
+def contender_named(name: str) -> Contender:
+    """``kube-controller-manager``, ``ceiling`` or ``kubus-P``; ValueError otherwise."""
+    if name in (KCM, CEILING):
+        return Contender(name)
+    prefix, _, count = name.partition("-")
+    if prefix == "kubus" and count.isdigit() and int(count) > 0:
+        return kubus(int(count))
+    raise ValueError(
+        f"unknown contender {name!r} (known: {KCM}, kubus-P such as kubus-2, {CEILING})"
+    )
+
+
+def _kcm(
+    env: dict[str, str], name: str, controllers: str, limits: Limits, log_dir: Path
+) -> ServiceProcess:
+    binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure([KCM])[KCM].path
+    port = free_port()
+    cert_dir = tempfile.mkdtemp(prefix=f"kubus-bench-{name}-", dir=log_dir)
+    service = start_process(
+        name,
+        [
+            str(binary),
+            f"--kubeconfig={env['KUBECONFIG']}",
+            f"--controllers={controllers}",
+            "--leader-elect=false",
+            "--use-service-account-credentials=false",
+            f"--kube-api-qps={limits.kube_api_qps:g}",
+            f"--kube-api-burst={limits.kube_api_burst}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={cert_dir}",
+            "--authentication-skip-lookup=true",
+        ],
+        log_dir=log_dir,
+    )
+    return ServiceProcess(name, service.process, service.log, health_port=port)
+
+
+def _wait_kcm(service: ServiceProcess) -> None:
+    """Until kcm's /healthz answers and its controllers have synced their informers."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        healthy = False
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(
+                f"https://127.0.0.1:{service.health_port}/healthz", timeout=1, context=context
+            ),
+        ):
+            healthy = True
+        log = service.log.read_text(errors="replace")
+        waiting, synced = log.count("Waiting for caches to sync"), log.count("Caches are synced")
+        if healthy and 0 < waiting <= synced:
+            return
+        if time.monotonic() > deadline or service.process.poll() is not None:
+            raise RuntimeError(
+                f"{service.name} did not get ready: {tail(service.log)} (log: {service.log})"
+            )
+        time.sleep(0.1)

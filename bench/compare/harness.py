@@ -1,0 +1,282 @@
+"""Runs every contender on a fresh stack of its own and collects one record per phase.
+
+Per contender: a fresh infrastructure-only dev stack sized for the pods, the namespaces of
+both shapes, the contender's processes (ready before any clock starts), then the spread shape's
+create, update and delete and the one-namespace shape's. A contender that fails (a phase
+misses the contender's deadline, a process exits, a start fails) is recorded with what was
+stuck, its stack is torn down, and the next contender runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.compare.contenders import KCM, Contender, Limits, Running
+from bench.compare.driver import Cluster, DeploymentDriver, Driver, PhaseRun, PodDriver
+from bench.compare.measure import KubusScrape, ProcessMeter, Usage, latency_quantiles
+from bench.compare.workload import Shape, Workload
+from bench.support import fresh_stack, percentile, scrape_metrics
+
+__all__ = ["PHASES", "Settings", "run_all"]
+
+PHASES = ("create", "update", "delete")
+SHAPE_KEYS = {"spread": "phases", "one-namespace": "phases_one_namespace"}
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    workload: Workload
+    spread_namespaces: int
+    limits: Limits
+    # Seconds each contender's phases may take in all, once its processes are ready.
+    deadline: float
+    contenders: tuple[Contender, ...]
+    log_dir: Path
+
+    @property
+    def shapes(self) -> tuple[Shape, ...]:
+        return (Shape.spread(self.spread_namespaces), Shape.one_namespace())
+
+
+def run_all(settings: Settings, progress: Progress) -> list[dict[str, Any]]:
+    """One record per contender, in the order given; ratios to kcm filled in at the end."""
+    records = [_run_contender(contender, settings, progress) for contender in settings.contenders]
+    _add_ratios(records)
+    return records
+
+
+def _run_contender(contender: Contender, settings: Settings, progress: Progress) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "name": contender.name,
+        "ok": False,
+        "error": None,
+        "stuck": [],
+        "processes": [],
+        "phases": {},
+        "phases_one_namespace": {},
+    }
+    nodes = settings.workload.nodes()
+    log_dir = settings.log_dir / contender.name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    progress(f"{contender.name}: fresh stack with {nodes} kwok nodes")
+    try:
+        with fresh_stack(nodes) as stack:
+            kubeconfig = Path(stack.env["KUBECONFIG"])
+            asyncio.run(_create_namespaces(kubeconfig, settings))
+            infra = {
+                r.name: r.pid for r in stack.records if r.name in ("kube-apiserver", "nats-server")
+            }
+            with contender.start(stack.env, settings.limits, log_dir=log_dir) as running:
+                record["processes"] = [service.name for service in running.processes]
+                progress(
+                    f"{contender.name}: ready ({', '.join(record['processes']) or 'no controller'})"
+                )
+                asyncio.run(
+                    _run_phases(
+                        contender,
+                        running=running,
+                        kubeconfig=kubeconfig,
+                        infra=infra,
+                        settings=settings,
+                        record=record,
+                        progress=progress,
+                    )
+                )
+    except Exception as error:  # one contender's failure must not stop the others
+        record["error"] = f"{type(error).__name__}: {error}"
+        progress(f"{contender.name}: failed: {record['error']}")
+    phases = [p for key in SHAPE_KEYS.values() for p in record[key].values()]
+    record["ok"] = (
+        record["error"] is None and len(phases) == 2 * len(PHASES) and all(p["ok"] for p in phases)
+    )
+    return record
+
+
+async def _create_namespaces(kubeconfig: Path, settings: Settings) -> None:
+    async with Cluster.connect(kubeconfig) as cluster:
+        await cluster.create_namespaces(list(settings.shapes))
+
+
+async def _run_phases(
+    contender: Contender,
+    *,
+    running: Running,
+    kubeconfig: Path,
+    infra: dict[str, int],
+    settings: Settings,
+    record: dict[str, Any],
+    progress: Progress,
+) -> None:
+    deadline = time.monotonic() + settings.deadline
+    async with Cluster.connect(kubeconfig) as cluster:
+        driver: Driver = (
+            PodDriver(cluster, settings.workload)
+            if contender.is_ceiling
+            else DeploymentDriver(cluster, settings.workload)
+        )
+        for shape in settings.shapes:
+            phases = record[SHAPE_KEYS[shape.name]]
+            for phase in PHASES:
+                result = await _run_phase(
+                    contender,
+                    running=running,
+                    driver=driver,
+                    phase=phase,
+                    shape=shape,
+                    infra=infra,
+                    settings=settings,
+                    deadline=deadline,
+                )
+                phases[phase] = result
+                label = f"{contender.name} {shape.name} {phase}"
+                if not result["ok"]:
+                    record["stuck"].extend(result["stuck"])
+                    progress(
+                        f"{label}: FAILED after {result['seconds']:.1f}s, "
+                        f"{len(result['stuck'])} stuck, e.g. {result['stuck'][:1]}"
+                    )
+                    return
+                progress(
+                    f"{label}: {result['seconds']:.1f}s, {result['pods_per_s']:.1f} pods/s, "
+                    f"{result['cpu_seconds_per_1000_pods']:.2f} CPU s/1000 pods"
+                )
+
+
+async def _scrape(running: Running) -> KubusScrape:
+    ports = [service.metrics_port for service in running.reconcilers if service.metrics_port]
+    texts = await asyncio.gather(*(asyncio.to_thread(scrape_metrics, port) for port in ports))
+    return KubusScrape(tuple(texts))
+
+
+async def _run_phase(
+    contender: Contender,
+    *,
+    running: Running,
+    driver: Driver,
+    phase: str,
+    shape: Shape,
+    infra: dict[str, int],
+    settings: Settings,
+    deadline: float,
+) -> dict[str, Any]:
+    pids = {service.name: service.pid for service in running.processes}
+    if contender.is_ceiling:
+        # The ceiling's client runs in this process: its RSS is this whole driver's.
+        pids = {"ceiling-client": os.getpid()}
+    meter, infra_meter = ProcessMeter(pids), ProcessMeter(infra)
+    lag = {"max": 0.0, "scraped": 0.0}
+    before = await _scrape(running) if contender.is_kubus else None
+
+    async def tick() -> None:
+        running.check_alive()
+        if contender.is_kubus and time.monotonic() - lag["scraped"] >= 1.0:
+            lag["scraped"] = time.monotonic()
+            with contextlib.suppress(OSError):  # a missed sample is no failure
+                lag["max"] = max(lag["max"], (await _scrape(running)).bus_lag())
+
+    meter.start()
+    infra_meter.start()
+    run: PhaseRun = await getattr(driver, phase)(shape, deadline=deadline, tick=tick)
+    usage = meter.stop()
+    infra_usage = infra_meter.stop()
+    after = await _scrape(running) if contender.is_kubus else None
+    if run.client_cpu_seconds is not None:
+        usage["ceiling-client"] = Usage(
+            round(run.client_cpu_seconds, 3), usage["ceiling-client"].peak_rss_mb
+        )
+    return _phase_record(
+        contender,
+        run=run,
+        usage=usage,
+        infra_usage=infra_usage,
+        workload=settings.workload,
+        before=before,
+        after=after,
+        lag_max=lag["max"],
+        running=running,
+    )
+
+
+def _phase_record(
+    contender: Contender,
+    *,
+    run: PhaseRun,
+    usage: dict[str, Usage],
+    infra_usage: dict[str, Usage],
+    workload: Workload,
+    before: KubusScrape | None,
+    after: KubusScrape | None,
+    lag_max: float,
+    running: Running,
+) -> dict[str, Any]:
+    pods = workload.pods
+    cpu = sum(u.cpu_seconds for u in usage.values())
+    result: dict[str, Any] = {
+        "ok": run.ok,
+        "seconds": round(run.seconds, 2),
+        "pods": pods,
+        "pods_per_s": round(pods / run.seconds, 2) if run.ok else 0.0,
+        "cpu_seconds": round(cpu, 3),
+        "cpu_seconds_per_1000_pods": round(1000 * cpu / pods, 3),
+        "peak_rss_mb": max((u.peak_rss_mb for u in usage.values()), default=0.0),
+        "processes": {
+            name: {"cpu_seconds": u.cpu_seconds, "peak_rss_mb": u.peak_rss_mb}
+            for name, u in usage.items()
+        },
+        "apiserver_cpu_seconds": infra_usage["kube-apiserver"].cpu_seconds,
+        "stuck": run.stuck,
+        "latency_p50_s": None,
+        "latency_p99_s": None,
+        "latency_source": None,
+        "timestamp_latency_p50_s": None,
+        "timestamp_latency_p99_s": None,
+    }
+    if run.timestamp_latencies:
+        result["timestamp_latency_p50_s"] = percentile(run.timestamp_latencies, 0.50)
+        result["timestamp_latency_p99_s"] = percentile(run.timestamp_latencies, 0.99)
+        if not contender.is_kubus:
+            result["latency_p50_s"] = result["timestamp_latency_p50_s"]
+            result["latency_p99_s"] = result["timestamp_latency_p99_s"]
+            result["latency_source"] = "object timestamps (1 s resolution)"
+    if before is not None and after is not None:
+        p50, p99, count = latency_quantiles(before.latency_buckets(), after.latency_buckets())
+        result.update(
+            latency_p50_s=p50,
+            latency_p99_s=p99,
+            latency_source=f"kubus_reconciler_event_latency_seconds, {count} reconciles "
+            "(bucket upper bounds)",
+            bus_lag_max=lag_max,
+            bus_lag_end=after.bus_lag(),
+            cached_objects_per_process=after.cached_objects(),
+            nats_cpu_seconds=infra_usage["nats-server"].cpu_seconds,
+        )
+        helper_cpu = sum(u.cpu_seconds for n, u in usage.items() if n in running.helpers)
+        result["gc_helper_cpu_seconds"] = round(helper_cpu, 3)
+        result["cpu_seconds_per_1000_pods_without_gc"] = round(1000 * (cpu - helper_cpu) / pods, 3)
+    return result
+
+
+def _add_ratios(records: list[dict[str, Any]]) -> None:
+    """Each phase's time and CPU as a multiple of kcm's in the same run (None without kcm)."""
+    reference = next((r for r in records if r["name"] == KCM and r["ok"]), None)
+    for record in records:
+        for key in SHAPE_KEYS.values():
+            for phase, result in record[key].items():
+                base = reference[key].get(phase) if reference else None
+                ok = base is not None and result["ok"]
+                result["seconds_vs_kcm"] = (
+                    round(result["seconds"] / base["seconds"], 2) if ok and base else None
+                )
+                result["cpu_vs_kcm"] = (
+                    round(result["cpu_seconds"] / base["cpu_seconds"], 2)
+                    if ok and base and base["cpu_seconds"] > 0
+                    else None
+                )

@@ -1,0 +1,120 @@
+"""`kubus bench` as a user runs it, at a small size: every contender converges in both shapes,
+and results.json/.md/.png hold every figure the issue asks for, with sane values."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+KUBUS = [sys.executable, "-m", "kubus.cli"]
+CONTENDERS = ["kube-controller-manager", "kubus-1", "kubus-2", "kubus-4", "ceiling"]
+PHASES = ("create", "update", "delete")
+DEPLOYMENTS, REPLICAS = 3, 2
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    result = subprocess.run(
+        [
+            *KUBUS,
+            "bench",
+            f"--deployments={DEPLOYMENTS}",
+            f"--replicas={REPLICAS}",
+            f"--out={out}",
+            "--deadline=240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, json.loads((out / "results.json").read_text())
+
+
+def _number(value: Any) -> float:
+    assert isinstance(value, int | float) and not isinstance(value, bool), value
+    assert math.isfinite(value), value
+    return float(value)
+
+
+def test_every_contender_converges_with_every_field_filled(
+    bench_run: tuple[Path, dict[str, Any]],
+) -> None:
+    _out, results = bench_run
+    assert [c["name"] for c in results["contenders"]] == CONTENDERS
+    assert results["settings"]["pods"] == DEPLOYMENTS * REPLICAS
+    for contender in results["contenders"]:
+        name = contender["name"]
+        assert contender["ok"] is True, (name, contender["error"], contender["stuck"])
+        assert contender["error"] is None and contender["stuck"] == []
+        for key in ("phases", "phases_one_namespace"):
+            assert set(contender[key]) == set(PHASES), (name, key)
+            cpu_total = 0.0
+            for phase_name, phase in contender[key].items():
+                where = (name, key, phase_name)
+                assert phase["ok"] is True, where
+                seconds = _number(phase["seconds"])
+                assert 0 < seconds < 240, where
+                # Both are rounded to 0.01; pods/s comes from the unrounded time.
+                pods = DEPLOYMENTS * REPLICAS
+                rate = _number(phase["pods_per_s"])
+                low, high = pods / (seconds + 0.006), pods / max(seconds - 0.006, 1e-3)
+                assert low - 0.006 <= rate <= high + 0.006, where
+                cpu = _number(phase["cpu_seconds_per_1000_pods"])
+                assert cpu >= 0, where
+                cpu_total += cpu
+                assert 1 < _number(phase["peak_rss_mb"]) < 4096, where
+                assert phase["processes"], where
+                for usage in phase["processes"].values():
+                    assert _number(usage["peak_rss_mb"]) > 1, where
+                    assert _number(usage["cpu_seconds"]) >= 0, where
+                if name != "ceiling" and phase_name != "delete":
+                    # Event -> reconcile latency: kubus's histogram, kcm's object timestamps.
+                    assert 0 <= _number(phase["latency_p50_s"]) <= 60, where
+                    assert phase["latency_p50_s"] <= phase["latency_p99_s"] <= 60, where
+                    assert phase["latency_source"], where
+                if name.startswith("kubus-"):
+                    processes = int(name.split("-")[1])
+                    assert _number(phase["bus_lag_max"]) >= 0, where
+                    assert len(phase["cached_objects_per_process"]) == processes, where
+                    assert "kcm-garbagecollector" in phase["processes"], where
+                    assert _number(phase["gc_helper_cpu_seconds"]) >= 0, where
+                if name != "kube-controller-manager":
+                    assert _number(phase["seconds_vs_kcm"]) > 0, where
+            # CPU ticks are 10 ms: a 0.2 s phase may show none, a whole shape never does.
+            assert cpu_total > 0, (name, key)
+
+
+def test_markdown_and_chart_are_written(bench_run: tuple[Path, dict[str, Any]]) -> None:
+    out, results = bench_run
+    markdown = (out / "results.md").read_text()
+    assert "| contender | phase | seconds |" in markdown
+    for name in CONTENDERS:
+        assert f"| {name} | create |" in markdown
+    assert "## one-namespace" in markdown and "## Goals" in markdown
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {goal["status"] for goal in results["goals"]} <= {"met", "not met", "not measured"}
+
+
+def test_bad_flag_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*KUBUS, "bench", "--contenders=kcm", f"--out={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown contender 'kcm'" in lines[0], result.stderr
+    assert not (tmp_path / "results.json").exists()

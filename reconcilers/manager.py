@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -105,6 +105,24 @@ class _Acks:
             del self._waiting[key]
 
 
+class _Running(NamedTuple):
+    """An owned partition's runner and the task running it."""
+
+    runner: PartitionRunner
+    task: asyncio.Task[None]
+
+
+async def _stop(running: _Running) -> None:
+    """Stop a partition's runner and wait until it has ended, cancelling again if a
+    cancellation was swallowed (see PartitionRunner.stop)."""
+    running.runner.stop()
+    while not running.task.done():
+        running.task.cancel()
+        await asyncio.wait({running.task}, timeout=1.0)
+    if not running.task.cancelled():
+        running.task.exception()  # mark it retrieved: _run_partition logged it already
+
+
 def _partition(request: Request, layout: BusLayout) -> int:
     return partition_of(request.namespace, request.name, layout.partitions)
 
@@ -115,7 +133,7 @@ class Manager:
         self._layout = config.layout
         self._cache = ObjectCache()
         self._acks = _Acks()
-        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._runners: dict[int, _Running] = {}
         self._replayed: dict[int, asyncio.Event] = {}
         self._controllers: dict[str, Controller] = {}
         self._queues: dict[str, WorkQueue[Request]] = {}
@@ -209,9 +227,7 @@ class Manager:
             owning = group.create_task(self._ownership.run())
             await stop.wait()
             log.info("stopping: no more pulls, then in-flight reconciles, then partitions")
-            for task in list(self._runners.values()):
-                task.cancel()
-            await asyncio.gather(*self._runners.values(), return_exceptions=True)
+            await asyncio.gather(*(_stop(running) for running in self._runners.values()))
             for queue in self._queues.values():
                 await queue.shut_down_with_drain()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -251,8 +267,8 @@ class Manager:
             wanted=lambda ref: ref.resource in self._reads,
         )
         self._replayed[partition] = runner.replayed
-        self._runners[partition] = asyncio.get_running_loop().create_task(
-            self._run_partition(runner)
+        self._runners[partition] = _Running(
+            runner, asyncio.get_running_loop().create_task(self._run_partition(runner))
         )
         metrics.PARTITIONS_OWNED.set(len(self._runners))
 
@@ -266,11 +282,10 @@ class Manager:
             raise
 
     async def _stop_partition(self, partition: int) -> None:
-        task = self._runners.pop(partition, None)  # from now on no reconcile starts for it
+        running = self._runners.pop(partition, None)  # from now on no reconcile starts for it
         self._replayed.pop(partition, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if running is not None:
+            await _stop(running)
         async with self._settled:
             try:
                 await asyncio.wait_for(

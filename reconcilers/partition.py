@@ -64,12 +64,22 @@ class PartitionRunner:
         self._wanted = wanted
         self._durable = f"{pool}-p{partition:02d}"
         self._filter = layout.partition_filter(partition)
+        self._stopped = False
+
+    def stop(self) -> None:
+        """End at the next turn. Cancelling the task is not enough on its own: CPython 3.11's
+        asyncio.wait_for (inside nats-py's fetch) can swallow a cancellation that lands as a
+        fetch completes, and a runner that lives on keeps pulling the pool's consumer after its
+        partition moved to another process."""
+        self._stopped = True
 
     async def run(self) -> None:
         last = await self._replay()
         self.replayed.set()
+        if self._stopped:
+            return
         await self._reset_consumer()
-        while True:
+        while not self._stopped:
             try:
                 await self._follow(last + 1)
             except (NatsError, TimeoutError, NotFoundError) as error:
@@ -122,8 +132,10 @@ class PartitionRunner:
             self._filter, durable=self._durable, stream=self._layout.object_stream, config=config
         )
         fetched = 0
-        while True:
+        while not self._stopped:
             messages = await _fetch(subscription)
+            if self._stopped:
+                return  # not delivered nor acknowledged: the next owner gets them
             settled = [message for message in messages if not self._handle(message)]
             for message in settled:  # nothing to reconcile: acknowledged at once
                 await message.ack()

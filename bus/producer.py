@@ -31,8 +31,6 @@ from nats.aio.msg import Msg
 
 from bus.errors import BusError
 
-log = logging.getLogger(__name__)
-
 __all__ = [
     "AckCallback",
     "JetStreamProducer",
@@ -41,6 +39,8 @@ __all__ = [
     "PublishRejected",
     "PublishTimeout",
 ]
+
+log = logging.getLogger(__name__)
 
 _SWEEP_INTERVAL: Final = 0.5
 _NATS_INTERNALS: Final = ("_send_command", "_flush_pending")
@@ -122,7 +122,7 @@ class JetStreamProducer:
         if missing:
             raise BusError(
                 f"this nats-py has no {', '.join(missing)}: the JetStream producer needs them "
-                "(install the nats-py version pinned in pyproject.toml)"
+                "(kubus is tested with nats-py 2.x, as pyproject.toml requires)"
             )
         inbox = self._nc.new_inbox()
         self._reply_prefix = f"{inbox}."

@@ -158,17 +158,6 @@ class DeploymentStatus(msgspec.Struct, rename="camel"):
     available_replicas: int = 0
 
 
-class DeploymentView(msgspec.Struct):
-    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
-    spec: WorkloadSpec = msgspec.field(default_factory=WorkloadSpec)
-    status: DeploymentStatus = msgspec.field(default_factory=DeploymentStatus)
-
-    @property
-    def image(self) -> str:
-        containers = self.spec.template.spec.containers
-        return containers[0].image if containers else ""
-
-
 class ReplicaSetView(msgspec.Struct):
     metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
     spec: WorkloadSpec = msgspec.field(default_factory=WorkloadSpec)
@@ -177,6 +166,10 @@ class ReplicaSetView(msgspec.Struct):
     def image(self) -> str:
         containers = self.spec.template.spec.containers
         return containers[0].image if containers else ""
+
+
+class DeploymentView(ReplicaSetView):
+    status: DeploymentStatus = msgspec.field(default_factory=DeploymentStatus)
 
 
 class Condition(msgspec.Struct):

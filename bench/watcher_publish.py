@@ -65,7 +65,7 @@ async def kubus(url: str, lines: list[bytes], max_in_flight: int) -> Rate:
     js = connection.jetstream()
     layout = BusLayout(prefix="bench")
     await ensure_object_stream(js, layout)
-    producer = JetStreamProducer(connection)
+    producer = JetStreamProducer(url)
     await producer.start()
     publisher = BusPublisher(
         js, producer, layout, tracer=None, tombstone_ttl=3600, max_in_flight=max_in_flight

@@ -1,19 +1,18 @@
 """Publishing to JetStream with acknowledgements, many messages in flight, at low cost per message.
 
 nats-py's ``JetStreamContext.publish_async`` spends about 50 µs of Python per message on this
-machine (a header dict encoded key by key, a future and a timer per message, a flusher kick per
-publish); the watcher publishes every object state, so that cost was most of its publish path.
-This producer keeps the same protocol (``HPUB`` with a reply subject; the stream answers with a
-JSON ``PubAck``) and removes the per-message overhead:
+machine (a header dict encoded key by key, a future and a timer per message, and each ack made
+into a ``Msg`` that travels through a queue to a task); the watcher publishes every object
+state, so that cost was most of its publish path. This producer keeps the same protocol
+(``HPUB`` with a reply subject; the stream answers with a JSON ``PubAck``) on a connection of
+its own (:class:`bus.connection.NatsConnection`), and removes the per-message overhead:
 
-- one wildcard reply subscription ``<inbox>.*`` for all acks, decoded with msgspec;
+- one wildcard reply subscription ``<inbox>.*`` for all acks, parsed in the connection's read
+  callback and decoded with msgspec;
 - header blocks are bytes the caller builds (see :func:`bus.envelope.header_block`);
 - messages published in one turn of the event loop go out as one write;
-- one sweeper expires unanswered messages instead of a timer per message.
-
-It writes through nats-py's connection (its outbound buffer, flusher and reconnect logic), using
-the two private methods nats-py's own ``publish`` uses; :meth:`JetStreamProducer.start` checks
-they exist, so a nats-py that changes them fails at start, by name, never silently.
+- one sweeper expires unanswered messages instead of a timer per message;
+- a lost connection fails what it carried at once, so that the caller resends after reconnect.
 """
 
 from __future__ import annotations
@@ -21,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import msgspec
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
+from bus.connection import NatsConnection, NotConnected
 from bus.errors import BusError
 
 __all__ = [
@@ -43,7 +42,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SWEEP_INTERVAL: Final = 0.5
-_NATS_INTERNALS: Final = ("_send_command", "_flush_pending")
 
 
 class PubAck(msgspec.Struct, frozen=True):
@@ -85,10 +83,6 @@ class PublishTimeout(BusError, TimeoutError):
     pass
 
 
-class NotConnected(BusError, ConnectionError):
-    pass
-
-
 AckCallback = Callable[[PubAck | None, BaseException | None], None]
 """Called once per message: with the ack, or with the error (refused, timed out, not sent)."""
 
@@ -103,41 +97,45 @@ class _Pending:
 
 
 class JetStreamProducer:
-    def __init__(self, connection: NatsClient, *, ack_timeout: float = 10.0) -> None:
-        self._nc = connection
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "kubus-producer",
+        ack_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
         self._ack_timeout = ack_timeout
-        self._reply_prefix = ""
-        self._prefix_length = 0
+        inbox = f"_INBOX.{secrets.token_hex(11)}"
+        self._reply_prefix = f"{inbox}."
+        self._prefix_length = len(self._reply_prefix.encode())
+        self._connection = NatsConnection(
+            url,
+            name=name,
+            on_message=self._on_reply,
+            on_disconnect=self._fail_all,
+            connect_timeout=connect_timeout,
+        )
+        self._connection.subscribe(f"{inbox}.*")
         self._next_token = 0
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[int, _Pending] = {}
         self._outbox: list[bytes] = []
-        self._outbox_tokens: list[str] = []
+        self._outbox_tokens: list[int] = []
         self._flush_scheduled = False
-        self._writes: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._subscription: Any = None
 
     async def start(self) -> None:
-        missing = [name for name in _NATS_INTERNALS if not hasattr(self._nc, name)]
-        if missing:
-            raise BusError(
-                f"this nats-py has no {', '.join(missing)}: the JetStream producer needs them "
-                "(kubus is tested with nats-py 2.x, as pyproject.toml requires)"
-            )
-        inbox = self._nc.new_inbox()
-        self._reply_prefix = f"{inbox}."
-        self._prefix_length = len(self._reply_prefix)
-        self._subscription = await self._nc.subscribe(
-            f"{inbox}.*",
-            cb=self._on_reply,
-            pending_msgs_limit=1_000_000,
-            pending_bytes_limit=256 * 1024 * 1024,
-        )
+        """Connect; raises :class:`NotConnected` naming the server and the reason."""
+        await self._connection.connect()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection.is_connected
 
     def publish(self, subject: str, headers: bytes, payload: bytes, on_done: AckCallback) -> None:
         """Queue one message; ``on_done`` gets the stream's ack or the error, exactly once.
@@ -146,17 +144,24 @@ class JetStreamProducer:
         never runs inside this call.
         """
         loop = asyncio.get_running_loop()
-        if not self._nc.is_connected:
-            error = NotConnected(f"not connected to NATS; {subject} not sent")
-            loop.call_soon(on_done, None, error)
+        if not self._connection.is_connected:
+            loop.call_soon(
+                on_done, None, NotConnected(f"not connected to NATS; {subject} not sent")
+            )
             return
-        token = str(self._next_token)
+        size = len(headers) + len(payload)
+        if size > self._connection.max_payload:
+            # The server would drop the whole connection for it; refuse this one message.
+            limit = self._connection.max_payload
+            refusal = PublishRejected(subject, 0, 0, f"{size} bytes, over the max payload {limit}")
+            loop.call_soon(on_done, None, refusal)
+            return
+        token = self._next_token
         self._next_token += 1
         self._pending[token] = _Pending(subject, on_done, time.monotonic() + self._ack_timeout)
         # Pieces, joined once per write: the payload is copied once, not twice.
         self._outbox += (
-            f"HPUB {subject} {self._reply_prefix}{token} {len(headers)} "
-            f"{len(headers) + len(payload)}\r\n".encode(),
+            f"HPUB {subject} {self._reply_prefix}{token} {len(headers)} {size}\r\n".encode(),
             headers,
             payload,
             b"\r\n",
@@ -167,22 +172,14 @@ class JetStreamProducer:
             loop.call_soon(self._flush)
 
     async def close(self) -> None:
-        """Fail what is unanswered, stop the sweeper and the reply subscription."""
+        """Fail what is unanswered; stop the sweeper and the connection."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for task in list(self._writes):
-            task.cancel()
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-        pending, self._pending = self._pending, {}
         self._outbox, self._outbox_tokens = [], []
-        for entry in pending.values():
-            entry.on_done(None, NotConnected("the producer was closed"))
-        if self._subscription is not None and not self._nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
+        self._fail_all(NotConnected("the producer was closed"))
+        await self._connection.close()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -190,45 +187,50 @@ class JetStreamProducer:
             return
         batch, tokens = b"".join(self._outbox), self._outbox_tokens
         self._outbox, self._outbox_tokens = [], []
-        task = asyncio.get_running_loop().create_task(self._write(batch, tokens))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
-    async def _write(self, batch: bytes, tokens: list[str]) -> None:
         try:
-            if not self._nc.is_connected:
-                raise NotConnected("lost the NATS connection before the write")
-            await self._nc._send_command(batch)
-            await self._nc._flush_pending()
-        except Exception as error:
+            self._connection.write(batch)
+        except NotConnected as error:
             for token in tokens:
                 entry = self._pending.pop(token, None)
                 if entry is not None:
-                    entry.on_done(None, error)
+                    _settle(entry, None, error)
 
-    async def _on_reply(self, msg: Msg) -> None:
-        entry = self._pending.pop(msg.subject[self._prefix_length :], None)
+    def _fail_all(self, error: BaseException) -> None:
+        """The connection that carried these messages is gone; their acks with it."""
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            _settle(entry, None, error)
+
+    def _on_reply(self, subject: bytes, headers: bytes | None, payload: bytes) -> None:
+        try:
+            token = int(subject[self._prefix_length :])
+        except ValueError:
+            return  # not one of ours
+        entry = self._pending.pop(token, None)
         if entry is None:
             return  # expired meanwhile
-        if not msg.data:
-            status = (msg.headers or {}).get("Status", "")
-            error = PublishRejected(entry.subject, int(status or 0), 0, "no stream answered")
-            entry.on_done(None, error)
+        if not payload:
+            # A status instead of an ack: "NATS/1.0 503" is no stream on that subject.
+            status = headers[9:12] if headers else b""
+            code = int(status) if status.isdigit() else 0
+            meaning = "no stream answered" if code == 503 else "an empty answer"
+            detail = f"{meaning} (status {code or 'none'})"
+            _settle(entry, None, PublishRejected(entry.subject, code, 0, detail))
             return
         try:
-            reply = _reply_decoder.decode(msg.data)
+            reply = _reply_decoder.decode(payload)
         except msgspec.DecodeError as failure:
-            detail = f"unreadable ack {msg.data[:100]!r}: {failure}"
-            entry.on_done(None, PublishRejected(entry.subject, 0, 0, detail))
+            detail = f"unreadable ack {payload[:100]!r}: {failure}"
+            _settle(entry, None, PublishRejected(entry.subject, 0, 0, detail))
             return
         if reply.error is not None:
             problem = reply.error
             error = PublishRejected(
                 entry.subject, problem.code, problem.err_code, problem.description
             )
-            entry.on_done(None, error)
+            _settle(entry, None, error)
             return
-        entry.on_done(PubAck(reply.stream, reply.seq, reply.duplicate), None)
+        _settle(entry, PubAck(reply.stream, reply.seq, reply.duplicate), None)
 
     async def _sweep(self) -> None:
         while True:
@@ -245,7 +247,11 @@ class JetStreamProducer:
                 error = PublishTimeout(
                     f"no JetStream ack for {entry.subject} within {timeout:.0f}s"
                 )
-                try:
-                    entry.on_done(None, error)
-                except Exception:
-                    log.exception("ack callback for %s failed", entry.subject)
+                _settle(entry, None, error)
+
+
+def _settle(entry: _Pending, ack: PubAck | None, error: BaseException | None) -> None:
+    try:
+        entry.on_done(ack, error)
+    except Exception:
+        log.exception("ack callback for %s failed", entry.subject)

@@ -9,6 +9,7 @@ import logging
 import nats
 from nats.aio.client import Client as NatsClient
 
+from bus.errors import BusError
 from bus.producer import JetStreamProducer
 from bus.streams import StreamSettings, ensure_bucket, ensure_object_stream
 from kubus.kube import KubeClient, load_kube_config
@@ -46,8 +47,11 @@ async def run_watcher(
                 await kube.discover(resource.group, resource.version, resource.resource)
                 for resource in config.resources
             ]
-            producer = JetStreamProducer(nc)
-            await producer.start()
+            producer = JetStreamProducer(config.nats_url, name="kubus-watcher-publisher")
+            try:
+                await producer.start()
+            except BusError as error:
+                raise WatcherError(str(error)) from error
             publisher = BusPublisher(
                 js,
                 producer,
@@ -75,7 +79,10 @@ async def run_watcher(
             probes = ProbeServer(health=config.health, metrics=config.metrics)
             probes.add_liveness("ping", lambda: None)
             probes.add_readiness(
-                "nats", lambda: None if nc.is_connected else "not connected to NATS"
+                "nats",
+                lambda: (
+                    None if nc.is_connected and producer.is_connected else "not connected to NATS"
+                ),
             )
             for watcher in watchers:
                 probes.add_readiness(f"synced:{watcher.resource}", _synced(watcher))

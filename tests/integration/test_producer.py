@@ -48,7 +48,7 @@ def test_many_messages_are_acked_in_order_with_their_headers(stack_env: dict[str
     async def work(connection: NatsClient) -> None:
         js = connection.jetstream()
         await ensure_object_stream(js, layout)
-        producer = JetStreamProducer(connection)
+        producer = JetStreamProducer(stack_env["NATS_URL"])
         await producer.start()
         try:
             outcomes = [
@@ -84,7 +84,7 @@ def test_a_failed_compare_and_set_is_reported_with_jetstreams_code(
 
     async def work(connection: NatsClient) -> None:
         await ensure_object_stream(connection.jetstream(), layout)
-        producer = JetStreamProducer(connection)
+        producer = JetStreamProducer(stack_env["NATS_URL"])
         await producer.start()
         try:
             first, _ = await publish(
@@ -107,7 +107,7 @@ def test_a_failed_compare_and_set_is_reported_with_jetstreams_code(
 
 def test_a_subject_no_stream_holds_is_refused_not_left_hanging(stack_env: dict[str, str]) -> None:
     async def work(connection: NatsClient) -> None:
-        producer = JetStreamProducer(connection)
+        producer = JetStreamProducer(stack_env["NATS_URL"])
         await producer.start()
         try:
             ack, error = await asyncio.wait_for(
@@ -130,7 +130,7 @@ def test_an_unanswered_message_times_out_and_close_fails_the_rest(
         subject = f"silent.{uuid.uuid4().hex}"
         # A plain subscriber takes the message and never answers, as a stalled server would.
         await connection.subscribe(subject, cb=_ignore)
-        producer = JetStreamProducer(connection, ack_timeout=1.0)
+        producer = JetStreamProducer(stack_env["NATS_URL"], ack_timeout=1.0)
         await producer.start()
         try:
             ack, error = await asyncio.wait_for(

@@ -24,7 +24,7 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
 
 from bus.errors import BusError
@@ -78,7 +78,11 @@ class ServerUrl:
             parts = urlsplit(text)
             port = parts.port or _DEFAULT_PORT
         except ValueError as error:
-            raise BusError(f"bad NATS URL {_redact(url)!r}: {error}") from error
+            # urlsplit may quote the whole netloc (e.g. "invalid characters under NFKC
+            # normalization"): credentials and all.
+            credentials = text.rpartition("://")[2].rpartition("@")[0]
+            detail = str(error).replace(credentials, "***") if credentials else str(error)
+            raise BusError(f"bad NATS URL {_redact(url)!r}: {detail}") from None
         if parts.scheme not in ("nats", "tls"):
             raise BusError(
                 f"bad NATS URL {_redact(url)!r}: the scheme must be nats:// or tls://, "
@@ -207,8 +211,7 @@ class _Session(asyncio.Protocol):
         )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -350,7 +353,6 @@ class NatsConnection:
                 )
                 if upgraded is None:
                     raise NotConnected(f"the TLS handshake with {server} did not complete")
-                assert isinstance(upgraded, asyncio.Transport)
                 session.transport = transport = upgraded
             transport.write(self._handshake(server, info))
             await session.ready

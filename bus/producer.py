@@ -120,7 +120,6 @@ class JetStreamProducer:
         self._next_token = 0
         self._pending: dict[int, _Pending] = {}
         self._outbox: list[bytes] = []
-        self._outbox_tokens: list[int] = []
         self._flush_scheduled = False
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -143,9 +142,8 @@ class JetStreamProducer:
         Not a coroutine: the message is written with the others of this loop turn. ``on_done``
         never runs inside this call.
         """
-        loop = asyncio.get_running_loop()
         if not self._connection.is_connected:
-            loop.call_soon(
+            asyncio.get_running_loop().call_soon(
                 on_done, None, NotConnected(f"not connected to NATS; {subject} not sent")
             )
             return
@@ -154,7 +152,7 @@ class JetStreamProducer:
             # The server would drop the whole connection for it; refuse this one message.
             limit = self._connection.max_payload
             refusal = PublishRejected(subject, 0, 0, f"{size} bytes, over the max payload {limit}")
-            loop.call_soon(on_done, None, refusal)
+            asyncio.get_running_loop().call_soon(on_done, None, refusal)
             return
         token = self._next_token
         self._next_token += 1
@@ -166,10 +164,9 @@ class JetStreamProducer:
             payload,
             b"\r\n",
         )
-        self._outbox_tokens.append(token)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def close(self) -> None:
         """Fail what is unanswered; stop the sweeper and the connection."""
@@ -177,7 +174,7 @@ class JetStreamProducer:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        self._outbox, self._outbox_tokens = [], []
+        self._outbox = []
         self._fail_all(NotConnected("the producer was closed"))
         await self._connection.close()
 
@@ -185,15 +182,13 @@ class JetStreamProducer:
         self._flush_scheduled = False
         if not self._outbox:
             return
-        batch, tokens = b"".join(self._outbox), self._outbox_tokens
-        self._outbox, self._outbox_tokens = [], []
+        batch = b"".join(self._outbox)
+        self._outbox = []
         try:
             self._connection.write(batch)
         except NotConnected as error:
-            for token in tokens:
-                entry = self._pending.pop(token, None)
-                if entry is not None:
-                    _settle(entry, None, error)
+            # Lost since publish(): whatever is pending went with the connection.
+            self._fail_all(error)
 
     def _fail_all(self, error: BaseException) -> None:
         """The connection that carried these messages is gone; their acks with it."""

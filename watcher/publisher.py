@@ -91,9 +91,14 @@ class _Capacity:
         self._free = size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
         if self._free > 0 and not self._waiters:
             self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(handed)
@@ -185,7 +190,8 @@ class BusPublisher:
             # A backlog (a relist, a burst) is submitted without a pause otherwise: let the
             # writes go out and the acks come in while it lasts, rather than stop-and-go.
             await asyncio.sleep(0)
-        await self._capacity.acquire()
+        if not self._capacity.try_acquire():
+            await self._capacity.acquire()
         subject = event.subject
         known = self._known.get(subject)
         if known is not None and event.resource_version <= known.resource_version:
@@ -207,7 +213,7 @@ class BusPublisher:
             return done
         slot = _Slot(event, [done])
         self._in_flight[subject] = slot
-        await self._send(slot)
+        self._send(slot)
         return done
 
     async def close(self) -> None:
@@ -218,7 +224,7 @@ class BusPublisher:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def _send(self, slot: _Slot) -> None:
+    def _send(self, slot: _Slot) -> None:
         event = slot.event
         known = self._known.get(event.subject)
         trace: dict[str, str] | None = None
@@ -263,10 +269,11 @@ class BusPublisher:
             else:
                 self._retry_later(slot, error or TimeoutError("no ack"))
             return
-        self._remember(
-            event.subject,
-            Known(ack.seq, event.resource_version, event.uid, event.event is EventType.DELETED),
-        )
+        current = self._known.get(event.subject)
+        if current is None or ack.seq >= current.sequence:  # _remember(), inlined
+            self._known[event.subject] = Known(
+                ack.seq, event.resource_version, event.uid, event.event is EventType.DELETED
+            )
         counter = self._published.get((event.resource.label, event.event))
         if counter is None:  # labels() costs more than the increment; keep the children
             counter = metrics.EVENTS_PUBLISHED.labels(event.resource.label, event.event.value)
@@ -306,7 +313,7 @@ class BusPublisher:
                 current.futures.extend(slot.futures)
             return
         self._in_flight[subject] = slot
-        await self._send(slot)
+        self._send(slot)
 
     async def _reconcile_conflict(self, slot: _Slot) -> None:
         """Another writer moved the subject: learn its state, then drop or retry ours."""
@@ -333,7 +340,7 @@ class BusPublisher:
                 self._finish(slot)
                 return
         self._promote_newest(slot)
-        await self._send(slot)
+        self._send(slot)
 
     def _retry_later(self, slot: _Slot, error: BaseException) -> None:
         slot.attempts += 1
@@ -350,7 +357,7 @@ class BusPublisher:
         async def retry() -> None:
             await asyncio.sleep(delay)
             self._promote_newest(slot)
-            await self._send(slot)
+            self._send(slot)
 
         self._spawn(retry())
 

@@ -23,7 +23,7 @@ import logging
 import random
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
 
@@ -65,8 +65,8 @@ class ServerUrl:
     scheme: str
     host: str
     port: int
-    user: str | None = None
-    password: str | None = None
+    user: str | None = field(default=None, repr=False)  # a token, when there is no password
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> ServerUrl:
@@ -295,7 +295,13 @@ class NatsConnection:
 
     @property
     def server(self) -> ServerUrl | None:
+        """The server connected to now (None while down)."""
         return self._server
+
+    @property
+    def servers(self) -> tuple[ServerUrl, ...]:
+        """Where a reconnect tries: the URL's server, then those the cluster announced."""
+        return tuple(self._servers)
 
     def subscribe(self, subject: str) -> None:
         """Receive ``subject`` on ``on_message``, from the next (re)connect on."""

@@ -237,12 +237,12 @@ class JetStreamProducer:
                     break
                 expired.append(token)
             for token in expired:
-                entry = self._pending.pop(token)
+                late = self._pending.pop(token, None)
+                if late is None:
+                    continue  # settled meanwhile by a callback's doing
                 timeout = self._ack_timeout
-                error = PublishTimeout(
-                    f"no JetStream ack for {entry.subject} within {timeout:.0f}s"
-                )
-                _settle(entry, None, error)
+                error = PublishTimeout(f"no JetStream ack for {late.subject} within {timeout:.0f}s")
+                _settle(late, None, error)
 
 
 def _settle(entry: _Pending, ack: PubAck | None, error: BaseException | None) -> None:

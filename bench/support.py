@@ -23,8 +23,11 @@ from kubus.devstack.process import spawn
 
 
 @contextlib.contextmanager
-def nats_server() -> Iterator[str]:
-    """A JetStream-enabled nats-server on a free loopback port; yields its URL."""
+def nats_server(cpus: set[int] | None = None) -> Iterator[str]:
+    """A JetStream-enabled nats-server on a free loopback port; yields its URL.
+
+    ``cpus``: run it on these CPUs only, with as many Go threads, so that it does not take
+    turns on the cores of the process being measured."""
     binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure(["nats-server"])
     store = Path(tempfile.mkdtemp(prefix="kubus-bench-nats-"))
     port, monitor = free_port(), free_port()
@@ -43,7 +46,10 @@ def nats_server() -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "GOMAXPROCS": str(len(cpus))} if cpus else None,
     )
+    if cpus:
+        os.sched_setaffinity(process.pid, cpus)  # before its first request; Go threads follow
     try:
         deadline = time.monotonic() + 20
         while True:

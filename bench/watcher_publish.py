@@ -6,7 +6,13 @@ Compares, on one process and one core's worth of Python:
 - ``kubus``: each watch line through the watcher's own code (msgspec event decode, the
   ObjectEventFactory, the BusPublisher with compare-and-set, latest-wins and pipelining).
 
-Run: ``python -m bench.watcher_publish [--pods 10000] [--events-per-pod 3] [--rounds 3]``.
+Run: ``python -m bench.watcher_publish [--pods 10000] [--events-per-pod 3] [--rounds 3]
+[--no-pin]``.
+
+By default (on a machine of two or more CPUs) nats-server runs on the last CPU and this process
+on the others, as a watcher and its NATS server would on separate machines; otherwise the
+server's threads take turns on the core of the process being measured. ``--no-pin`` leaves the
+placement to the OS.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from typing import NamedTuple
@@ -34,6 +41,7 @@ from watcher.events import ObjectEventFactory
 from watcher.publisher import BusPublisher
 
 PODS = ResourceType("", "v1", "pods")
+EVENT_TYPES = {event_type.value: event_type for event_type in EventType}  # as the watcher does
 
 
 class Rate(NamedTuple):
@@ -81,7 +89,7 @@ async def kubus(url: str, lines: list[bytes], max_in_flight: int) -> Rate:
     pending = []
     for line in lines:
         event = decode_watch_event(line)
-        object_event = factory(event.raw, EventType(event.type), event.object)
+        object_event = factory(event.raw, EVENT_TYPES[event.type], event.object)
         pending.append(await publisher.submit(object_event))
     # Not gather(), which puts a callback on each of the 30,000 futures: the watcher's
     # checkpoints only look at them. Most are done by now; awaiting those costs nothing.
@@ -100,16 +108,27 @@ def main() -> None:
     parser.add_argument("--events-per-pod", type=int, default=3)
     parser.add_argument("--max-in-flight", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="report the median of this many")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="nats-server on the last CPU, this process on the others (default: on)",
+    )
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus: set[int] | None = None
+    if args.pin and len(cpus) >= 2:
+        server_cpus = {cpus[-1]}
+        os.sched_setaffinity(0, set(cpus[:-1]))
     tune_gc()  # both loops run with the watcher service's GC settings
     lines = recorded_watch_stream(args.pods, args.events_per_pod)
     payloads = [decode_watch_event(line).raw for line in lines]
     size = sum(len(p) for p in payloads) / len(payloads)
     plains, kubuses = [], []
     for _ in range(args.rounds):
-        with nats_server() as url:
+        with nats_server(server_cpus) as url:
             plains.append(asyncio.run(plain(url, payloads)))
-        with nats_server() as url:
+        with nats_server(server_cpus) as url:
             kubuses.append(asyncio.run(kubus(url, lines, args.max_in_flight)))
     plain_rate = Rate(*(statistics.median(values) for values in zip(*plains, strict=True)))
     kubus_rate = Rate(*(statistics.median(values) for values in zip(*kubuses, strict=True)))
@@ -119,14 +138,17 @@ def main() -> None:
         "events": len(lines),
         "mean_object_bytes": round(size),
         "rounds": args.rounds,
+        "nats_server_cpus": sorted(server_cpus) if server_cpus else "any",
         "plain_publish_per_s": round(plain_rate.per_second),
         "plain_cpu_us_per_event": round(plain_rate.cpu_us_per_event, 1),
         "kubus_events_per_s": round(kubus_rate.per_second),
         "kubus_cpu_us_per_event": round(kubus_rate.cpu_us_per_event, 1),
         "kubus_vs_plain": round(kubus_rate.per_second / plain_rate.per_second, 2),
     }
+    placement = f"nats-server on CPU {sorted(server_cpus)}" if server_cpus else "unpinned"
     print(
-        f"{len(lines)} watch events of {size:.0f}-byte pods on {machine()}, median of {args.rounds}"
+        f"{len(lines)} watch events of {size:.0f}-byte pods on {machine()}, median of "
+        f"{args.rounds}, {placement}"
     )
     print(
         f"  plain nats-py publish_async loop : {plain_rate.per_second:>9,.0f} msgs/s   "

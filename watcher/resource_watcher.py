@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _PAGE_SIZE: Final = 500
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
 _CHECKPOINT_EVERY: Final = 2.0
+_EVENT_TYPES: Final = {event_type.value: event_type for event_type in EventType}
 
 
 class ResourceWatcher:
@@ -78,7 +79,9 @@ class ResourceWatcher:
             collections.deque()
         )
         self._stored: str | None = None
-        self._last_event = metrics.LAST_EVENT_TIMESTAMP.labels(self._label)
+        # Read at scrape time: a gauge's set() takes a lock, once per event.
+        self._last_event_time = 0.0
+        metrics.LAST_EVENT_TIMESTAMP.labels(self._label).set_function(lambda: self._last_event_time)
 
     async def run(self) -> None:
         """Forever, until cancelled; a final checkpoint is stored on the way out."""
@@ -181,11 +184,10 @@ class ResourceWatcher:
                 if watch_event.type == "BOOKMARK":
                     resource_version = watch_event.object.metadata.resource_version
                     self._progress.append((resource_version, None))
-                    self._last_event.set_to_current_time()
+                    self._last_event_time = time.time()
                     continue
-                try:
-                    event_type = EventType(watch_event.type)
-                except ValueError:
+                event_type = _EVENT_TYPES.get(watch_event.type)
+                if event_type is None:
                     log.warning(
                         "%s: ignoring watch event of type %r", self._label, watch_event.type
                     )
@@ -198,7 +200,7 @@ class ResourceWatcher:
     async def _submit(self, event: ObjectEvent) -> None:
         done = await self._publisher.submit(event)
         self._progress.append((event.resource_version_text, done))
-        self._last_event.set_to_current_time()
+        self._last_event_time = time.time()
 
     async def _checkpoint_loop(self) -> None:
         while True:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -149,6 +150,11 @@ def test_restart_converges_with_missed_changes_and_republishes_nothing_unchanged
         assert on_bus["gone"].deleted
         # It resumed its watch where the first left off: no list was needed.
         assert second.metric("kubus_watcher_relists_total") == 0
+        # The watch events it resumed with are recent news on its gauge.
+        seen = second.metric(
+            "kubus_watcher_last_resource_version_timestamp_seconds", resource="v1/configmaps"
+        )
+        assert 0 < time.time() - seen < 60
     assert on_bus["unchanged"].sequence == unchanged_before.sequence
     assert stream_last_sequence(stack_env, prefix) - stored_before == 3
 

@@ -11,10 +11,10 @@ import asyncio
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import nats
@@ -24,10 +24,10 @@ from nats.js.api import StreamConfig
 from bus.connection import ConnectionRefused, NatsConnection, NotConnected
 from bus.producer import JetStreamProducer, PubAck, PublishRejected
 from tests.support.nats_server import NatsServer
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 Outcome = tuple[PubAck | None, BaseException | None]
 
 HEADERS = b"NATS/1.0\r\n\r\n"
@@ -36,20 +36,6 @@ TOKEN = "T0KEN-4f1c2a9e"
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-async def until(
-    condition: Callable[[], T | None], *, within: float, what: str, interval: float = 0.02
-) -> T:
-    """``tests.support.wait.wait_for`` for inside the event loop: the loop runs meanwhile."""
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {within:g}s waiting for {what} (last: {last!r})")
 
 
 def publish(
@@ -323,7 +309,7 @@ def test_a_crashed_server_fails_the_unanswered_at_once_and_the_producer_reconnec
                 assert ack is None and isinstance(error, NotConnected)
 
                 await asyncio.to_thread(server.start)  # same port, same store
-                await until(lambda: producer.is_connected, within=10, what="the reconnect")
+                await wait_until(lambda: producer.is_connected, within=10, what="the reconnect")
                 ack, error = await published(producer, "restart.after", b"again")
                 assert error is None
                 assert ack == PubAck("RESTART", 2)  # the store survived, the frozen 50 did not
@@ -360,7 +346,7 @@ def test_a_server_that_stops_answering_is_dropped_and_reconnected_after(tmp_path
                 frozen = time.monotonic()
                 await asyncio.to_thread(server.pause)
                 try:
-                    await until(lambda: lost, within=5, what="the connection to be dropped")
+                    await wait_until(lambda: lost, within=5, what="the connection to be dropped")
                     dropped_after = time.monotonic() - frozen
                     assert not connection.is_connected
                 finally:
@@ -369,11 +355,11 @@ def test_a_server_that_stops_answering_is_dropped_and_reconnected_after(tmp_path
                 assert isinstance(lost[0], NotConnected)
                 assert server.address in str(lost[0])
 
-                await until(lambda: connection.is_connected, within=10, what="the reconnect")
+                await wait_until(lambda: connection.is_connected, within=10, what="the reconnect")
                 assert len(lost) == 1
                 # Subscribed again on the new connection: our own message comes back.
                 connection.write(b"PUB stale.echo 5\r\nagain\r\n")
-                await until(lambda: received, within=5, what="the echo")
+                await wait_until(lambda: received, within=5, what="the echo")
                 assert received == [b"again"]
             finally:
                 await connection.close()
@@ -443,7 +429,7 @@ def test_a_lost_cluster_server_is_replaced_by_one_its_info_announced(tmp_path: P
                 while not await through_the_route():
                     assert time.monotonic() < deadline, "no message from B through the route"
                     await asyncio.sleep(0.05)
-                await until(
+                await wait_until(
                     lambda: server_b.port in {server.port for server in connection.servers},
                     within=5,
                     what="A to announce B in its INFO connect_urls",
@@ -451,7 +437,7 @@ def test_a_lost_cluster_server_is_replaced_by_one_its_info_announced(tmp_path: P
                 assert connection.server is not None and connection.server.port == server_a.port
 
                 await asyncio.to_thread(server_a.stop)  # for good
-                await until(
+                await wait_until(
                     lambda: (
                         connection.is_connected
                         and connection.server is not None
@@ -465,7 +451,7 @@ def test_a_lost_cluster_server_is_replaced_by_one_its_info_announced(tmp_path: P
                 received.clear()
                 await other.publish("failover.after", b"from B")
                 await other.flush()
-                await until(lambda: received, within=5, what="the message published on B")
+                await wait_until(lambda: received, within=5, what="the message published on B")
                 assert received == [(b"failover.after", b"from B")]
             finally:
                 await other.close()

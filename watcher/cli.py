@@ -15,7 +15,13 @@ from kubus.cliutil import ArgumentParser
 from kubus.kube import KubeApiError
 from kubus.service import run_service
 from kubus.serving import BindAddress, parse_bind_address
-from watcher.config import DEFAULT_RESOURCES, WatcherConfig, WatcherConfigError, parse_resources
+from watcher.config import (
+    DEFAULT_RESOURCES,
+    WatcherConfig,
+    WatcherConfigError,
+    parse_nats_url,
+    parse_resources,
+)
 from watcher.service import WatcherError, run_watcher
 
 __all__ = ["add_watcher_command", "run"]
@@ -97,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = WatcherConfig(
-        nats_url=args.nats_url,
+        nats_url=parse_nats_url(args.nats_url),
         resources=parse_resources(args.resources, mirror_secrets=args.mirror_secrets),
         layout=BusLayout(prefix=args.bus_prefix, partitions=args.partitions),
         kubeconfig=args.kubeconfig,

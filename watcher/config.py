@@ -6,11 +6,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from bus.connection import ServerUrl
+from bus.errors import BusError
 from bus.layout import BusLayout
 from bus.subjects import ResourceType
 from kubus.serving import BindAddress
 
-__all__ = ["DEFAULT_RESOURCES", "SECRETS", "WatcherConfig", "WatcherConfigError", "parse_resources"]
+__all__ = [
+    "DEFAULT_RESOURCES",
+    "SECRETS",
+    "WatcherConfig",
+    "WatcherConfigError",
+    "parse_nats_url",
+    "parse_resources",
+]
 
 DEFAULT_RESOURCES: Final = tuple(
     ResourceType.parse(text)
@@ -77,6 +86,15 @@ def parse_resources(text: str, *, mirror_secrets: bool) -> tuple[ResourceType, .
     if not resources:
         raise WatcherConfigError(f"--resources {text!r} selects no resource")
     return resources
+
+
+def parse_nats_url(text: str) -> str:
+    """``--nats-url``, checked before anything connects: one NATS URL the watcher can use."""
+    try:
+        ServerUrl.parse(text)
+    except BusError as error:
+        raise WatcherConfigError(f"--nats-url: {error}") from None
+    return text
 
 
 def _parse(text: str) -> ResourceType:

@@ -47,8 +47,8 @@ async def run_watcher(
                 await kube.discover(resource.group, resource.version, resource.resource)
                 for resource in config.resources
             ]
-            producer = JetStreamProducer(config.nats_url, name="kubus-watcher-publisher")
             try:
+                producer = JetStreamProducer(config.nats_url, name="kubus-watcher-publisher")
                 await producer.start()
             except BusError as error:
                 raise WatcherError(str(error)) from error

@@ -1,11 +1,18 @@
-"""`kubus watcher --resources`: kube-controller-manager-style lists, Secrets refused."""
+"""`kubus watcher` flags: `--resources` as kube-controller-manager's lists, Secrets refused;
+`--nats-url` checked before anything connects."""
 
 from __future__ import annotations
 
 import pytest
 
 from bus.subjects import ResourceType
-from watcher.config import DEFAULT_RESOURCES, SECRETS, WatcherConfigError, parse_resources
+from watcher.config import (
+    DEFAULT_RESOURCES,
+    SECRETS,
+    WatcherConfigError,
+    parse_nats_url,
+    parse_resources,
+)
 
 
 def test_star_is_the_default_set_and_entries_add_and_remove() -> None:
@@ -33,3 +40,25 @@ def test_secrets_need_the_opt_in() -> None:
 def test_bad_lists_name_the_flag(text: str, message: str) -> None:
     with pytest.raises(WatcherConfigError, match=message):
         parse_resources(text, mirror_secrets=False)
+
+
+@pytest.mark.parametrize(
+    "url", ["nats://127.0.0.1:4222", "tls://nats.example:4443", "nats://u:p@host", "host:4222"]
+)
+def test_nats_urls_the_watcher_can_use_pass_unchanged(url: str) -> None:
+    assert parse_nats_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ws://host:8080", "the scheme must be nats:// or tls://"),
+        ("nats://u:hunter2@host:99999", "Port out of range"),
+        ("nats://host:4222/path", "no path"),
+    ],
+)
+def test_a_bad_nats_url_names_the_flag_and_keeps_the_password_out(url: str, reason: str) -> None:
+    with pytest.raises(WatcherConfigError, match="--nats-url") as raised:
+        parse_nats_url(url)
+    assert reason in str(raised.value)
+    assert "hunter2" not in str(raised.value)

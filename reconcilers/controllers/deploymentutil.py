@@ -61,12 +61,23 @@ def _normalized(value: Any) -> Any:
 
 def equal_ignore_hash(first: Object, second: Object) -> bool:
     """Two pod templates equal once the pod-template-hash label is set aside."""
-    first, second = copy.deepcopy(first), copy.deepcopy(second)
-    for template in (first, second):
-        labels = (template.get("metadata") or {}).get("labels")
-        if labels:
-            labels.pop(POD_TEMPLATE_HASH, None)
-    return bool(_normalized(first) == _normalized(second))
+    return bool(_without_hash(first) == _without_hash(second))
+
+
+def _without_hash(template: Object) -> Any:
+    """The normalized template without the hash label. Normalizing builds new dicts, so the
+    label is dropped from those, not from the caller's template (and no deep copy is needed:
+    this runs several times per Deployment reconcile)."""
+    normalized = _normalized(template)
+    metadata = normalized.get("metadata")
+    labels = metadata.get("labels") if metadata else None
+    if labels and POD_TEMPLATE_HASH in labels:
+        del labels[POD_TEMPLATE_HASH]
+        if not labels:  # as if normalized after the removal: empty means unset
+            del metadata["labels"]
+            if not metadata:
+                del normalized["metadata"]
+    return normalized
 
 
 def scaled_value(value: int | str | None, total: int, *, round_up: bool) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 from typing import Any
 
@@ -89,6 +90,42 @@ def test_templates_are_compared_without_the_hash_label_and_empty_values() -> Non
     assert util.equal_ignore_hash(first, second)
     second["spec"]["containers"][0]["image"] = "other"
     assert not util.equal_ignore_hash(first, second)
+
+
+def _equal_by_the_book(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Upstream's order: copy, drop the hash label, then compare semantically."""
+    first, second = copy.deepcopy(first), copy.deepcopy(second)
+    for template in (first, second):
+        labels = (template.get("metadata") or {}).get("labels")
+        if labels:
+            labels.pop("pod-template-hash", None)
+    return bool(util._normalized(first) == util._normalized(second))
+
+
+HASH_EDGE_TEMPLATES: list[dict[str, Any]] = [
+    {},
+    {"metadata": {}},
+    {"metadata": {"labels": {}}},
+    {"metadata": {"labels": {"pod-template-hash": "abc"}}},
+    {"metadata": {"labels": {"pod-template-hash": None}}},
+    {"metadata": {"labels": {"pod-template-hash": ""}}},
+    {"metadata": {"labels": {"pod-template-hash": "abc"}, "annotations": {"a": "1"}}},
+    {"metadata": {"labels": {"pod-template-hash": "abc", "app": "web"}}},
+    {"metadata": {"labels": {"app": "web"}}},
+    {"metadata": {"labels": {"app": "web"}, "annotations": {}}, "spec": {"containers": []}},
+    {"metadata": {"labels": {"app": ""}}},
+    {"spec": {"containers": [{"name": "c", "args": []}]}},
+    {"metadata": {"labels": {"pod-template-hash": "x"}}, "spec": {"containers": [{"name": "c"}]}},
+    {"metadata": None, "spec": {"containers": [{"name": "c", "env": None}]}},
+]
+
+
+@pytest.mark.parametrize("first", HASH_EDGE_TEMPLATES)
+def test_template_comparison_matches_drop_then_normalize(first: dict[str, Any]) -> None:
+    before = copy.deepcopy(first)
+    for second in HASH_EDGE_TEMPLATES:
+        assert util.equal_ignore_hash(first, second) == _equal_by_the_book(first, second), second
+    assert first == before  # the caller's template is left as it was
 
 
 def pod(

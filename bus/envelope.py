@@ -131,8 +131,7 @@ def header_block(
     text = (
         f"NATS/1.0\r\n{Header.EVENT}: {event}\r\n"  # a StrEnum formats as its value
         f"{Header.RESOURCE_VERSION}: {resource_version}\r\n{Header.UID}: {uid}\r\n"
-        f"{Header.MSG_ID}: {uid}:{resource_version}"
-        f"{':DELETED' if event is EventType.DELETED else ''}\r\n"  # msg_id(), inlined
+        f"{Header.MSG_ID}: {msg_id(uid, resource_version, event)}\r\n"
         f"{Header.EXPECTED_LAST_SUBJECT_SEQUENCE}: {expected_last_sequence}\r\n"
     )
     if "\n" in resource_version or "\r" in resource_version or "\n" in uid or "\r" in uid:

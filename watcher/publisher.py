@@ -269,11 +269,10 @@ class BusPublisher:
             else:
                 self._retry_later(slot, error or TimeoutError("no ack"))
             return
-        current = self._known.get(event.subject)
-        if current is None or ack.seq >= current.sequence:  # _remember(), inlined
-            self._known[event.subject] = Known(
-                ack.seq, event.resource_version, event.uid, event.event is EventType.DELETED
-            )
+        self._remember(
+            event.subject,
+            Known(ack.seq, event.resource_version, event.uid, event.event is EventType.DELETED),
+        )
         counter = self._published.get((event.resource.label, event.event))
         if counter is None:  # labels() costs more than the increment; keep the children
             counter = metrics.EVENTS_PUBLISHED.labels(event.resource.label, event.event.value)

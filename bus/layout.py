@@ -52,6 +52,18 @@ class BusLayout:
         return f"{self._subject_prefix}.>"
 
     @property
+    def dead_letter_stream(self) -> str:
+        """Deliveries a pool could not decode or apply, kept with the error for a person."""
+        return f"{self.prefix.upper()}_DEAD_LETTERS"
+
+    def dead_letter_subject(self, pool: str, partition: int) -> str:
+        return f"{self.prefix}.dlq.{pool}.{partition}"
+
+    @property
+    def dead_letter_subjects(self) -> str:
+        return f"{self.prefix}.dlq.>"
+
+    @property
     def watcher_bucket(self) -> str:
         """Per-resource resume points of the watchers."""
         return f"{self.prefix}-watcher"
@@ -67,6 +79,10 @@ class BusLayout:
 
     def resource_filter(self, resource: ResourceType, partition: int | None = None) -> str:
         return resource_filter(resource, partition, prefix=self._subject_prefix)
+
+    def cluster_scoped_filter(self, resource: ResourceType) -> str:
+        """Every cluster-scoped object of one kind, across all partitions."""
+        return f"{self._subject_prefix}.*.{resource.tokens}._.*"
 
     @property
     def _subject_prefix(self) -> str:

@@ -15,7 +15,11 @@ from typing import Any
 from bus.envelope import Envelope, resource_version_number
 from bus.subjects import ObjectRef, ResourceType
 
-__all__ = ["ObjectCache", "controller_of"]
+__all__ = ["CLUSTER", "ObjectCache", "controller_of"]
+
+# The partition label of objects every process caches whatever it owns (cluster-scoped kinds,
+# a global controller's full cache): dropping a partition never drops them.
+CLUSTER = -1
 
 Object = dict[str, Any]
 
@@ -30,11 +34,16 @@ def controller_of(obj: Object) -> dict[str, Any] | None:
 
 class ObjectCache:
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything (a global controller's cache when its leadership is lost)."""
         self._objects: dict[ObjectRef, Object] = {}
         self._versions: dict[ObjectRef, int] = {}
         self._by_namespace: dict[tuple[ResourceType, str | None], set[ObjectRef]] = defaultdict(set)
         self._by_controller: dict[tuple[ResourceType, str], set[ObjectRef]] = defaultdict(set)
         self._partition_of: dict[ObjectRef, int] = {}
+        self._counts: dict[ResourceType, int] = defaultdict(int)
 
     def apply(self, partition: int, ref: ObjectRef, envelope: Envelope) -> Object | None:
         """Apply one bus message; returns the object's previous state (None if new).
@@ -50,6 +59,7 @@ class ObjectCache:
             return previous
         obj: Object = envelope.object()
         self._objects[ref] = obj
+        self._counts[ref.resource] += 1
         self._partition_of[ref] = partition
         self._by_namespace[(ref.resource, ref.namespace)].add(ref)
         owner = controller_of(obj)
@@ -80,11 +90,16 @@ class ObjectCache:
     def __len__(self) -> int:
         return len(self._objects)
 
+    def counts(self) -> dict[ResourceType, int]:
+        """Cached objects per resource."""
+        return {resource: count for resource, count in self._counts.items() if count}
+
     def _remove(self, ref: ObjectRef) -> Object | None:
         previous = self._objects.pop(ref, None)
         self._partition_of.pop(ref, None)
         if previous is None:
             return None
+        self._counts[ref.resource] -= 1
         self._by_namespace[(ref.resource, ref.namespace)].discard(ref)
         owner = controller_of(previous)
         if owner is not None:

@@ -18,7 +18,6 @@ from kubus.cliutil import ArgumentParser
 from kubus.kube import KubeApiError
 from kubus.service import run_service
 from kubus.serving import BindAddress, parse_bind_address
-from reconcilers.controller import FEATURE_GATES
 from reconcilers.manager import Manager, ManagerConfig, ManagerError
 from reconcilers.ownership import LeaseTiming
 from reconcilers.registry import IMPLEMENTED, ControllerSelectionError, select_controllers
@@ -177,7 +176,7 @@ def _check_feature_gates(text: str) -> dict[str, bool]:
         key, sep, value = item.partition("=")
         if not sep or value.lower() not in ("true", "false"):
             raise ReconcilerConfigError(f"--feature-gates: {item!r} is not KEY=true|false")
-        if key not in FEATURE_GATES:
+        if key not in {gate for c in IMPLEMENTED.values() for gate in c.feature_gates}:
             raise ReconcilerConfigError(f"--feature-gates: unrecognized feature gate: {key}")
         gates[key] = value.lower() == "true"
     return gates

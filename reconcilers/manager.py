@@ -1,8 +1,19 @@
-"""The reconciler process: partitions, cache, work queues and controllers wired together.
+"""The reconciler process: partitions, caches, work queues and controllers wired together.
 
-Like controller-runtime's manager: it owns the shared cache and clients, starts the
-controllers' workers, serves probes and metrics, and stops everything in order on SIGTERM
-(stop pulling, finish in-flight reconciles, hand the partitions back).
+Like controller-runtime's manager: it owns the caches and clients, starts the controllers'
+workers, serves probes and metrics, and stops everything in order on SIGTERM (stop pulling,
+finish in-flight reconciles, hand the partitions and leaderships back).
+
+What each controller sees:
+
+- a partitioned controller reads the shared cache: the namespaced objects of the partitions
+  this process owns, plus every cluster-scoped object of the kinds any controller here reads
+  (followed across all partitions by every process);
+- a global controller, while this process leads it, reads a cache of its own holding every
+  object of what it reads.
+
+Every loop that can fail (a partition's runner, a follower) runs under a :class:`Supervised`
+that restarts it with backoff and makes the process not ready while it is down.
 """
 
 from __future__ import annotations
@@ -10,13 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import socket
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,28 +33,33 @@ from typing import Any, NamedTuple
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind, Tracer
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
+from bus.deadletter import ensure_dead_letter_stream
 from bus.envelope import Envelope
 from bus.layout import BusLayout
 from bus.streams import ensure_bucket, ensure_object_stream
 from bus.subjects import ObjectRef, ResourceType, partition_of
-from kubus.kube import ApiResource, ConflictError, KubeClient, load_kube_config
+from kubus.kube import ApiResource, KubeClient, load_kube_config
 from kubus.serving import BindAddress, ProbeServer
-from kubus.telemetry import HeaderGetter, setup_tracing, shutdown_tracing
+from kubus.telemetry import setup_tracing, shutdown_tracing
 from reconcilers import metrics
-from reconcilers.cache import ObjectCache
-from reconcilers.controller import Context, Controller, Request, Scope, TerminalError
+from reconcilers.acks import AckTracker, WorkKey
+from reconcilers.cache import CLUSTER, ObjectCache
+from reconcilers.controller import EVERY_RESOURCE, Context, Controller, Request, Scope
 from reconcilers.events import EventRecorder
+from reconcilers.follower import StreamFollower
+from reconcilers.leader import LeaderElection
 from reconcilers.ownership import LeaseTiming, PartitionOwnership
 from reconcilers.partition import PartitionRunner
-from reconcilers.workqueue import ShutDown, WorkQueue
+from reconcilers.supervisor import Supervised, stop_task
+from reconcilers.worker import InFlight, Worker
+from reconcilers.workqueue import WorkQueue
 
 __all__ = ["Manager", "ManagerConfig", "ManagerError"]
 
 log = logging.getLogger(__name__)
-_getter = HeaderGetter()
 CONNECT_TIMEOUT = 30.0
 
 
@@ -57,7 +71,7 @@ class ManagerError(Exception):
 class ManagerConfig:
     nats_url: str
     pool: str
-    controllers: tuple[type[Any], ...]
+    controllers: tuple[type[Controller], ...]
     layout: BusLayout = field(default_factory=BusLayout)
     kubeconfig: Path | None = None
     concurrency: dict[str, int] = field(default_factory=dict)
@@ -71,60 +85,24 @@ class ManagerConfig:
     # checking that no key is ever reconciled by two processes at once.
     audit_log: Path | None = None
     feature_gates: dict[str, bool] = field(default_factory=dict)
-
-
-@dataclass
-class _Waiting:
-    """A delivery waiting for the reconciles of the requests it made."""
-
-    message: Msg
-    envelope: Envelope
-    remaining: int
-
-
-class _Acks:
-    """A message is acknowledged once every request it made has been reconciled after it."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[tuple[str, Request], list[_Waiting]] = defaultdict(list)
-
-    def track(self, message: Msg, envelope: Envelope, keys: Sequence[tuple[str, Request]]) -> None:
-        entry = _Waiting(message, envelope, len(keys))
-        for key in keys:
-            self._waiting[key].append(entry)
-
-    def take(self, key: tuple[str, Request]) -> list[_Waiting]:
-        return self._waiting.pop(key, [])
-
-    def put_back(self, key: tuple[str, Request], entries: list[_Waiting]) -> None:
-        if entries:
-            self._waiting[key][:0] = entries
-
-    def forget_partition(self, partition: int, layout: BusLayout) -> None:
-        for key in [k for k in self._waiting if _partition(k[1], layout) == partition]:
-            del self._waiting[key]
+    # Per controller name: its own flags' values (Controller.flags), by flag name.
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class _Running(NamedTuple):
-    """An owned partition's runner and the task running it."""
+    """Supervised work and the task running it."""
 
-    runner: PartitionRunner
+    work: Supervised
     task: asyncio.Task[None]
 
 
-async def _stop(running: _Running) -> None:
-    """Stop a partition's runner and wait until it has ended, cancelling again if a
-    cancellation was swallowed (see PartitionRunner.stop)."""
-    running.runner.stop()
-    while not running.task.done():
-        running.task.cancel()
-        await asyncio.wait({running.task}, timeout=1.0)
-    if not running.task.cancelled():
-        running.task.exception()  # mark it retrieved: _run_partition logged it already
+@dataclass
+class _Global:
+    """A global controller's own cache, and its follower while this process leads it."""
 
-
-def _partition(request: Request, layout: BusLayout) -> int:
-    return partition_of(request.namespace, request.name, layout.partitions)
+    cache: ObjectCache = field(default_factory=ObjectCache)
+    running: _Running | None = None
+    follower: StreamFollower | None = None
 
 
 class Manager:
@@ -132,66 +110,55 @@ class Manager:
         self._config = config
         self._layout = config.layout
         self._cache = ObjectCache()
-        self._acks = _Acks()
-        self._runners: dict[int, _Running] = {}
-        self._replayed: dict[int, asyncio.Event] = {}
+        self._acks = AckTracker()
+        self._in_flight = InFlight()
+        self._partitions: dict[int, _Running] = {}
         self._controllers: dict[str, Controller] = {}
         self._queues: dict[str, WorkQueue[Request]] = {}
+        # Partitioned controllers by the resources they read (from the shared cache).
         self._reads: dict[ResourceType, list[str]] = defaultdict(list)
-        self._tracer: Tracer | None = None
+        self._reads_everything: list[str] = []
+        self._cluster_scoped: set[ResourceType] = set()
+        self._globals: dict[str, _Global] = {}
+        self._cluster: _Running | None = None
         self._ownership: PartitionOwnership | None = None
-        self._js: Any = None
-        # Reconciles in flight per partition: a partition is handed back only once it is idle,
-        # so that its next owner never works on a key this process is still working on.
-        self._busy: dict[int, int] = defaultdict(int)
-        self._settled = asyncio.Condition()
+        self._election: LeaderElection | None = None
+        self._js: JetStreamContext | None = None
+        self._max_payload = 1024 * 1024
         self._audit = config.audit_log.open("a") if config.audit_log else None
         metrics.MEMBER.labels(config.member, config.pool).set(1)
+        metrics.CACHED_OBJECTS.add(self._cache_counts)
 
     async def run(self, stop: asyncio.Event, serving: asyncio.Event | None = None) -> None:
         config = self._config
-        self._tracer = setup_tracing("kubus-reconciler")
+        tracer = setup_tracing("kubus-reconciler")
         nc = await _connect(config.nats_url, config.member)
         try:
             js = nc.jetstream()
             self._js = js
+            self._max_payload = nc.max_payload
             await ensure_object_stream(js, self._layout)
-            members = await ensure_bucket(
-                js,
-                f"{self._layout.prefix}-{config.pool}-members",
-                ttl_seconds=config.timing.lease_duration,
-            )
-            leases = await ensure_bucket(
-                js,
-                f"{self._layout.prefix}-{config.pool}-leases",
-                ttl_seconds=config.timing.lease_duration,
-            )
+            await ensure_dead_letter_stream(js, self._layout)
+            members = await self._bucket(js, "members")
+            leases = await self._bucket(js, "leases")
+            leaders = await self._bucket(js, "leaders")
             kube_config = load_kube_config(config.kubeconfig)
             async with KubeClient(
-                kube_config,
-                qps=config.kube_api_qps,
-                burst=config.kube_api_burst,
-                tracer=self._tracer,
+                kube_config, qps=config.kube_api_qps, burst=config.kube_api_burst, tracer=tracer
             ) as kube:
                 events = EventRecorder(kube, host=config.member)
+                apis = await self._discover(kube)
+                self._cluster_scoped = {r for r, api in apis.items() if not api.namespaced}
                 context = Context(
                     cache=self._cache,
                     kube=kube,
-                    apis=await self._discover(kube),
+                    apis=apis,
                     events=events,
-                    tracer=self._tracer,
+                    tracer=tracer,
                     feature_gates=dict(config.feature_gates),
+                    gate_defaults=_gate_defaults(config.controllers),
                 )
-                for controller_type in config.controllers:
-                    # A write rate limit per controller, as kcm's client per controller has.
-                    own_client = kube.with_rate_limit(config.kube_api_qps, config.kube_api_burst)
-                    controller: Controller = controller_type(
-                        dataclasses.replace(context, kube=own_client)
-                    )
-                    self._controllers[controller.name] = controller
-                    self._queues[controller.name] = WorkQueue(controller.name)
-                    for resource in controller.reads:
-                        self._reads[resource].append(controller.name)
+                workers = self._build(context, kube, tracer)
                 self._ownership = PartitionOwnership(
                     member=config.member,
                     members=members,
@@ -201,6 +168,15 @@ class Manager:
                     on_acquired=self._start_partition,
                     on_lost=self._stop_partition,
                 )
+                if self._globals:
+                    self._election = LeaderElection(
+                        member=config.member,
+                        bucket=leaders,
+                        names=tuple(self._globals),
+                        timing=config.timing,
+                        on_started_leading=self._start_leading,
+                        on_stopped_leading=self._stop_leading,
+                    )
                 probes = ProbeServer(health=config.health, metrics=config.metrics)
                 probes.add_liveness("ping", lambda: None)
                 probes.add_readiness("partitions", self._readiness)
@@ -208,31 +184,89 @@ class Manager:
                 if serving is not None:
                     serving.set()
                 try:
-                    await self._serve(stop, events)
+                    await self._serve(stop, events, workers)
                 finally:
                     await probes.stop()
         finally:
             await _close(nc)
             shutdown_tracing()
 
-    async def _serve(self, stop: asyncio.Event, events: EventRecorder) -> None:
+    async def _bucket(self, js: JetStreamContext, what: str) -> KeyValue:
+        """A bucket of the pool's, whose keys expire after the lease duration."""
+        return await ensure_bucket(
+            js,
+            f"{self._layout.prefix}-{self._config.pool}-{what}",
+            ttl_seconds=self._config.timing.lease_duration,
+        )
+
+    def _build(self, context: Context, kube: KubeClient, tracer: Any) -> list[Worker]:
+        """Instantiate the controllers, each with its own client and queue."""
+        config = self._config
+        workers = []
+        for controller_type in config.controllers:
+            name = controller_type.name
+            is_global = controller_type.scope is Scope.GLOBAL
+            if is_global:
+                self._globals[name] = _Global()
+            own = dataclasses.replace(
+                context,
+                # A write rate limit per controller, as kcm's client per controller has.
+                kube=kube.with_rate_limit(config.kube_api_qps, config.kube_api_burst),
+                cache=self._globals[name].cache if is_global else self._cache,
+                options=dict(config.options.get(name, {})),
+            )
+            controller = controller_type(own)
+            self._controllers[name] = controller
+            queue: WorkQueue[Request] = WorkQueue(name)
+            self._queues[name] = queue
+            if not is_global:
+                for resource in controller_type.reads:
+                    if resource == EVERY_RESOURCE:
+                        self._reads_everything.append(name)
+                    else:
+                        self._reads[resource].append(name)
+            workers.append(
+                Worker(
+                    name=name,
+                    controller=controller,
+                    queue=queue,
+                    acks=self._acks,
+                    responsible=self._responsible_for(name, is_global),
+                    in_flight=self._in_flight,
+                    member=config.member,
+                    tracer=tracer,
+                    audit=self._audit,
+                )
+            )
+        return workers
+
+    async def _serve(
+        self, stop: asyncio.Event, events: EventRecorder, workers: list[Worker]
+    ) -> None:
         assert self._ownership is not None
         async with asyncio.TaskGroup() as group:
-            workers = [
-                group.create_task(self._work(name, queue))
-                for name, queue in self._queues.items()
-                for _ in range(self._concurrency(name))
+            loops = [
+                group.create_task(worker.run())
+                for worker in workers
+                for _ in range(self._concurrency(worker.name))
             ]
             sender = group.create_task(events.run())
+            # Cluster-scoped objects first, so partition handlers find their cluster owners.
+            self._cluster = self._supervise("cluster-scoped cache", self._cluster_follower)
+            await _first_replay(self._cluster, stop)
             owning = group.create_task(self._ownership.run())
+            electing = group.create_task(self._election.run()) if self._election else None
             await stop.wait()
             log.info("stopping: no more pulls, then in-flight reconciles, then partitions")
-            await asyncio.gather(*(_stop(running) for running in self._runners.values()))
+            await asyncio.gather(*(stop_task(*running) for running in self._partitions.values()))
             for queue in self._queues.values():
                 await queue.shut_down_with_drain()
-            await asyncio.gather(*workers, return_exceptions=True)
-            owning.cancel()
-            await asyncio.gather(owning, return_exceptions=True)
+            await asyncio.gather(*loops, return_exceptions=True)
+            for task in (owning, electing):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            await stop_task(*self._cluster)
             events.close()  # send what the last reconciles recorded, within a bound
             try:
                 await asyncio.wait_for(asyncio.shield(sender), timeout=5)
@@ -246,7 +280,7 @@ class Manager:
     async def _discover(self, kube: KubeClient) -> dict[ResourceType, ApiResource]:
         needed: set[ResourceType] = {ResourceType("", "v1", "pods")}
         for controller_type in self._config.controllers:
-            needed.update(controller_type.reads)
+            needed.update(r for r in controller_type.reads if r != EVERY_RESOURCE)
         apis = {}
         for resource in sorted(needed):
             apis[resource] = await kube.discover(
@@ -254,229 +288,297 @@ class Manager:
             )
         return apis
 
-    # --- partitions ---------------------------------------------------------------------
+    def _supervise(self, name: str, make: Callable[[], Any]) -> _Running:
+        work = Supervised(name, make)
+        return _Running(work, asyncio.get_running_loop().create_task(work.run()))
 
-    async def _start_partition(self, partition: int) -> None:
-        runner = PartitionRunner(
-            partition=partition,
+    def _responsible_for(self, name: str, is_global: bool) -> Callable[[Request], Hashable | None]:
+        if is_global:
+            shard = ("global", name)
+
+            def leading(_request: Request) -> Hashable | None:
+                state = self._globals[name]
+                return shard if state.running is not None else None
+
+            return leading
+
+        def owned(request: Request) -> Hashable | None:
+            partition = _partition(request, self._layout)
+            return partition if partition in self._partitions else None
+
+        return owned
+
+    # --- cluster-scoped objects ---------------------------------------------------------
+
+    def _cluster_follower(self) -> StreamFollower:
+        assert self._js is not None
+        if self._reads_everything:
+            filters = [self._layout.cluster_scoped_filter(ResourceType("*", "*", "*"))]
+        else:
+            filters = [
+                self._layout.cluster_scoped_filter(r)
+                for r in sorted(self._cluster_scoped)
+                if r in self._reads
+            ]
+        return StreamFollower(
+            name="cluster-scoped cache",
             js=self._js,
             layout=self._layout,
-            pool=self._config.pool,
-            deliver=self._deliver,
-            replayed=self._replayed_partition,
-            wanted=lambda ref: ref.resource in self._reads,
+            filters=filters,
+            deliver=self._deliver_cluster_scoped,
+            replayed=self._replayed_refs,
         )
-        self._replayed[partition] = runner.replayed
-        self._runners[partition] = _Running(
-            runner, asyncio.get_running_loop().create_task(self._run_partition(runner))
-        )
-        metrics.PARTITIONS_OWNED.set(len(self._runners))
 
-    async def _run_partition(self, runner: PartitionRunner) -> None:
-        try:
-            await runner.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("partition %d: runner failed", runner.partition)
-            raise
+    def _deliver_cluster_scoped(self, ref: ObjectRef, envelope: Envelope, replaying: bool) -> None:
+        previous = self._cache.apply(CLUSTER, ref, envelope)
+        if not replaying:
+            self._enqueue(ref, self._current(self._cache, ref, envelope), previous)
+
+    def _replayed_refs(self, refs: list[ObjectRef]) -> None:
+        for ref in refs:
+            current = self._cache.get(ref.resource, ref.namespace, ref.name)
+            if current is not None:
+                self._enqueue(ref, current, None)
+
+    # --- partitions ---------------------------------------------------------------------
+
+    def _wanted(self, ref: ObjectRef) -> bool:
+        """What a partition runner caches: namespaced objects of the kinds read here
+        (cluster-scoped ones come from the cluster-scoped follower)."""
+        return ref.namespace is not None and (
+            bool(self._reads_everything) or ref.resource in self._reads
+        )
+
+    async def _start_partition(self, partition: int) -> None:
+        def make() -> PartitionRunner:
+            assert self._js is not None
+            runner = PartitionRunner(
+                partition=partition,
+                js=self._js,
+                layout=self._layout,
+                pool=self._config.pool,
+                deliver=self._deliver,
+                replayed=self._replayed_partition,
+                wanted=self._wanted,
+            )
+            runner.max_payload = self._max_payload
+            return runner
+
+        async def restarted() -> None:
+            # The new runner recreates the consumer: deliveries of the old one are void.
+            self._acks.forget(lambda request: _partition(request, self._layout) == partition)
+
+        work = Supervised(f"partition {partition}", make, on_restart=restarted)
+        self._partitions[partition] = _Running(
+            work, asyncio.get_running_loop().create_task(work.run())
+        )
+        metrics.PARTITIONS_OWNED.set(len(self._partitions))
 
     async def _stop_partition(self, partition: int) -> None:
-        running = self._runners.pop(partition, None)  # from now on no reconcile starts for it
-        self._replayed.pop(partition, None)
+        running = self._partitions.pop(partition, None)  # from now on no reconcile starts for it
         if running is not None:
-            await _stop(running)
-        async with self._settled:
-            try:
-                await asyncio.wait_for(
-                    self._settled.wait_for(lambda: self._busy[partition] == 0),
-                    timeout=self._config.timing.renew_deadline,
-                )
-            except TimeoutError:
-                log.error("partition %d: in-flight reconciles did not finish in time", partition)
+            await stop_task(*running)
+        if not await self._idle(partition):
+            log.error("partition %d: in-flight reconciles did not finish in time", partition)
         self._cache.drop_partition(partition)
-        self._acks.forget_partition(partition, self._layout)
+
+        def in_partition(request: Request) -> bool:
+            return _partition(request, self._layout) == partition
+
+        self._acks.forget(in_partition)
         # Per-key controller state (expectations) of a partition may be stale by the time it
         # comes back: start such keys afresh, as a new process would.
-        for controller in self._controllers.values():
-            forget = getattr(controller, "forget", None)
-            if forget is not None:
-                forget(lambda request: _partition(request, self._layout) == partition)
-        metrics.PARTITIONS_OWNED.set(len(self._runners))
+        for name, controller in self._controllers.items():
+            if name not in self._globals:
+                controller.forget(in_partition)
+        metrics.PARTITIONS_OWNED.set(len(self._partitions))
         with contextlib.suppress(KeyError):
             metrics.CONSUMER_LAG.remove(str(partition))
 
-    def _readiness(self) -> str | None:
-        if self._ownership is None or not self._ownership.live_members:
-            return "partition ownership not settled yet"
-        waiting = [p for p, replayed in self._replayed.items() if not replayed.is_set()]
-        return f"replaying partitions {waiting}" if waiting else None
+    async def _idle(self, shard: Hashable) -> bool:
+        """Wait, within the renew deadline, until no reconcile of ``shard`` runs."""
+        try:
+            async with asyncio.timeout(self._config.timing.renew_deadline):
+                await self._in_flight.idle(shard)
+        except TimeoutError:
+            return False
+        return True
 
     def _deliver(
         self, partition: int, ref: ObjectRef, envelope: Envelope, message: Msg | None
     ) -> bool:
         """Apply to the cache and queue the requests; True if ``message`` awaits them."""
         previous = self._cache.apply(partition, ref, envelope)
-        metrics.CACHED_OBJECTS.set(len(self._cache))
         if message is None:
             return False  # replayed: requests are made once the partition is whole
-        current = (
-            None if envelope.deleted else self._cache.get(ref.resource, ref.namespace, ref.name)
+        # A redelivery (the ack wait passed, a nak): its keys keep their backoff instead of
+        # a retry at once.
+        redelivered = (message.metadata.num_delivered or 1) > 1
+        keys = self._enqueue(
+            ref, self._current(self._cache, ref, envelope), previous, backoff=redelivered
         )
-        keys = self._enqueue(ref, current, previous)
-        if keys:
-            self._acks.track(message, envelope, keys)
-            return True
-        return False
+        if not keys:
+            return False
+        self._acks.track(message, envelope, keys)
+        return True
 
     def _replayed_partition(self, partition: int, refs: list[ObjectRef]) -> None:
-        for ref in refs:
-            current = self._cache.get(ref.resource, ref.namespace, ref.name)
-            if current is not None:
-                self._enqueue(ref, current, None)
+        self._replayed_refs(refs)
 
     def _enqueue(
-        self, ref: ObjectRef, current: dict[str, Any] | None, previous: dict[str, Any] | None
-    ) -> list[tuple[str, Request]]:
-        keys: list[tuple[str, Request]] = []
-        for name in self._reads.get(ref.resource, ()):
+        self,
+        ref: ObjectRef,
+        current: dict[str, Any] | None,
+        previous: dict[str, Any] | None,
+        *,
+        backoff: bool = False,
+    ) -> list[WorkKey]:
+        """Requests of the partitioned controllers reading ``ref``'s kind; those of other
+        processes' partitions are left to them."""
+        keys: list[WorkKey] = []
+        names = self._reads.get(ref.resource, [])
+        if self._reads_everything:
+            names = [*names, *self._reads_everything]
+        for name in names:
+            queue = self._queues[name]
             for request in self._controllers[name].requests_for(ref.resource, current, previous):
-                queue = self._queues[name]
-                queue.add(request)
+                if _partition(request, self._layout) not in self._partitions:
+                    continue
+                if backoff:
+                    queue.add_rate_limited(request)
+                else:
+                    queue.add(request)
                 metrics.WORKQUEUE_ADDS.labels(name).inc()
-                metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
                 keys.append((name, request))
+            metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
         return keys
 
-    # --- workers ------------------------------------------------------------------------
+    @staticmethod
+    def _current(cache: ObjectCache, ref: ObjectRef, envelope: Envelope) -> dict[str, Any] | None:
+        return None if envelope.deleted else cache.get(ref.resource, ref.namespace, ref.name)
 
-    async def _work(self, name: str, queue: WorkQueue[Request]) -> None:
-        controller = self._controllers[name]
-        while True:
-            try:
-                request = await queue.get()
-            except ShutDown:
-                return
-            metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
-            since = queue.queued_since(request)
-            if since is not None:
-                metrics.WORKQUEUE_LATENCY.labels(name).observe(time.monotonic() - since)
-            try:
-                await self._reconcile(name, controller, queue, request)
-            finally:
-                queue.done(request)
+    # --- global controllers -------------------------------------------------------------
 
-    async def _reconcile(
-        self, name: str, controller: Controller, queue: WorkQueue[Request], request: Request
-    ) -> None:
-        key = (name, request)
-        partition = _partition(request, self._layout)
-        if controller.scope is Scope.PARTITIONED and partition not in self._runners:
-            self._acks.take(key)
-            queue.forget(request)
-            return
-        self._busy[partition] += 1
-        try:
-            await self._reconcile_owned(name, controller, queue, request, key)
-        finally:
-            self._busy[partition] -= 1
-            async with self._settled:
-                self._settled.notify_all()
+    async def _start_leading(self, name: str) -> None:
+        """This process now leads ``name``: build its full cache, then serve its requests."""
+        assert self._js is not None
+        state = self._globals[name]
+        controller_type = type(self._controllers[name])
+        filters = [
+            self._layout.resource_filter(r)
+            if r != EVERY_RESOURCE
+            else f"{self._layout.object_subjects}"
+            for r in controller_type.reads
+        ]
 
-    async def _reconcile_owned(
-        self,
-        name: str,
-        controller: Controller,
-        queue: WorkQueue[Request],
-        request: Request,
-        key: tuple[str, Request],
-    ) -> None:
-        waiting = self._acks.take(key)
-        started = time.monotonic()
-        now = time.time()
-        for entry in waiting:
-            stored = entry.message.metadata.timestamp
-            if stored is not None:
-                metrics.EVENT_LATENCY.labels(name).observe(max(0.0, now - stored.timestamp()))
-        wall_start = time.time()
-        try:
-            with self._span(name, request, waiting):
-                result = await controller.reconcile(request)
-        except TerminalError as error:
-            log.error("%s: %s: %s (not retried)", name, request.key, error)
-            queue.forget(request)
-        except Exception as error:
-            metrics.RECONCILE_ERRORS.labels(name).inc()
-            metrics.WORKQUEUE_RETRIES.labels(name).inc()
-            # A conflict means the cache was a hop behind a write: routine, retried at once.
-            level = logging.INFO if isinstance(error, ConflictError) else logging.WARNING
-            log.log(
-                level,
-                "%s: sync %s failed: %s",
-                name,
-                request.key,
-                error,
-                exc_info=log.isEnabledFor(logging.DEBUG),
+        def deliver(ref: ObjectRef, envelope: Envelope, replaying: bool) -> None:
+            previous = state.cache.apply(CLUSTER, ref, envelope)
+            if not replaying:
+                self._enqueue_global(name, ref, self._current(state.cache, ref, envelope), previous)
+
+        def replayed(refs: list[ObjectRef]) -> None:
+            for ref in refs:
+                current = state.cache.get(ref.resource, ref.namespace, ref.name)
+                if current is not None:
+                    self._enqueue_global(name, ref, current, None)
+
+        def make() -> StreamFollower:
+            assert self._js is not None
+            follower = StreamFollower(
+                name=f"{name} cache",
+                js=self._js,
+                layout=self._layout,
+                filters=filters,
+                deliver=deliver,
+                replayed=replayed,
             )
-            self._acks.put_back(key, waiting)
-            queue.add_rate_limited(request)
+            state.follower = follower
+            return follower
+
+        state.running = self._supervise(f"{name} cache", make)
+        metrics.LEADER.labels(name).set(1)
+        log.info("%s: leading; replaying its cache", name)
+
+    async def _stop_leading(self, name: str) -> None:
+        state = self._globals[name]
+        running, state.running = state.running, None  # no reconcile starts for it from now
+        if running is not None:
+            await stop_task(*running)
+        if not await self._idle(("global", name)):
+            log.error("%s: in-flight reconciles did not finish in time", name)
+        state.cache.clear()
+        state.follower = None
+        self._controllers[name].forget(lambda _request: True)
+        metrics.LEADER.labels(name).set(0)
+        log.info("%s: no longer leading", name)
+
+    def _enqueue_global(
+        self, name: str, ref: ObjectRef, current: dict[str, Any] | None, previous: Any
+    ) -> None:
+        controller = self._controllers[name]
+        queue = self._queues[name]
+        for request in controller.requests_for(ref.resource, current, previous):
+            queue.add(request)
+            metrics.WORKQUEUE_ADDS.labels(name).inc()
+        metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
+
+    # --- probes and metrics ---------------------------------------------------------------
+
+    def _readiness(self) -> str | None:
+        if self._cluster is None or not _replayed(self._cluster):
+            return "cluster-scoped cache not replayed yet"
+        if self._ownership is None or not self._ownership.live_members:
+            return "partition ownership not settled yet"
+        problems = []
+        down = [p for p, running in sorted(self._partitions.items()) if not _replayed(running)]
+        if down:
+            problems.append(f"partitions not serving (replaying or restarting): {down}")
+        for name, state in self._globals.items():
+            if state.running is not None and not _replayed(state.running):
+                problems.append(f"{name}: leading, cache not replayed yet")
+        if self._cluster.work.down_since is not None:
+            problems.append(f"cluster-scoped cache down: {self._cluster.work.last_error}")
+        return "; ".join(problems) or None
+
+    def _cache_counts(self) -> Iterable[tuple[str, str, int]]:
+        for resource, count in self._cache.counts().items():
+            yield "shared", resource.label, count
+        for name, state in self._globals.items():
+            for resource, count in state.cache.counts().items():
+                yield name, resource.label, count
+
+
+def _replayed(running: _Running) -> bool:
+    """Serving: not down, and the current run has replayed its cache."""
+    work = running.work
+    current = work.current
+    replayed = getattr(current, "replayed", None)
+    return (
+        work.down_since is None
+        and not running.task.done()
+        and replayed is not None
+        and replayed.is_set()
+    )
+
+
+async def _first_replay(running: _Running, stop: asyncio.Event) -> None:
+    """Wait until the supervised follower has replayed once (or the process is stopping)."""
+    while not stop.is_set() and not _replayed(running):
+        if running.task.done():
+            running.task.result()  # surfaces a bug; the supervisor never ends on its own
             return
-        else:
-            queue.forget(request)
-            if result.requeue_after is not None:
-                queue.add_after(request, result.requeue_after)
-        finally:
-            metrics.RECONCILE_DURATION.labels(name).observe(time.monotonic() - started)
-            if self._audit is not None:
-                self._audit.write(
-                    json.dumps(
-                        {
-                            "member": self._config.member,
-                            "controller": name,
-                            "key": request.key,
-                            "start": wall_start,
-                            "end": time.time(),
-                        }
-                    )
-                    + "\n"
-                )
-                self._audit.flush()
-        for entry in waiting:
-            entry.remaining -= 1
-            if entry.remaining == 0:
-                await entry.message.ack()
-
-    def _span(self, name: str, request: Request, waiting: list[_Waiting]) -> Any:
-        if self._tracer is None:
-            return _NoSpan()
-        contexts = [
-            propagate.extract({"traceparent": entry.envelope.traceparent}, getter=_getter)
-            for entry in waiting
-            if entry.envelope.traceparent
-        ]
-        parent = contexts[-1] if contexts else None
-        links = [
-            Link(trace.get_current_span(context).get_span_context()) for context in contexts[:-1]
-        ]
-        return self._tracer.start_as_current_span(
-            f"reconcile {name}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            links=links,
-            attributes={
-                "kubus.controller": name,
-                "k8s.object.key": request.key,
-                "kubus.member": self._config.member,
-            },
-        )
+        await asyncio.sleep(0.05)
 
 
-class _NoSpan:
-    def __enter__(self) -> None:
-        return None
+def _gate_defaults(controllers: Iterable[type[Controller]]) -> dict[str, bool]:
+    defaults: dict[str, bool] = {}
+    for controller in controllers:
+        defaults.update(controller.feature_gates)
+    return defaults
 
-    def __exit__(self, *_exc: object) -> None:
-        return None
+
+def _partition(request: Request, layout: BusLayout) -> int:
+    return partition_of(request.namespace, request.name, layout.partitions)
 
 
 async def _connect(url: str, member: str) -> NatsClient:

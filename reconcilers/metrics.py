@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 WORKQUEUE_DEPTH = Gauge("workqueue_depth", "Keys waiting in a work queue.", ["name"])
 WORKQUEUE_ADDS = Counter("workqueue_adds", "Keys added to a work queue.", ["name"])
@@ -28,7 +32,33 @@ CONSUMER_LAG = Gauge(
     "Messages of an owned partition not yet delivered or acknowledged (pending + ack pending).",
     ["partition"],
 )
-CACHED_OBJECTS = Gauge("kubus_reconciler_cached_objects", "Objects in this process's cache.")
+
+
+class CachedObjects(Collector):
+    """``kubus_reconciler_cached_objects{cache,resource}``, counted at scrape time (the caches
+    keep counts per resource; a gauge set on every delivery would cost on the hot path)."""
+
+    def __init__(self) -> None:
+        self._sources: list[Callable[[], Iterable[tuple[str, str, int]]]] = []
+
+    def add(self, source: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self._sources.append(source)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "kubus_reconciler_cached_objects",
+            "Objects in this process's caches, per cache (shared or a global controller's) "
+            "and resource.",
+            labels=["cache", "resource"],
+        )
+        for source in self._sources:
+            for cache, resource, count in source():
+                family.add_metric([cache, resource], count)
+        yield family
+
+
+CACHED_OBJECTS = CachedObjects()
+REGISTRY.register(CACHED_OBJECTS)
 MEMBER = Gauge(
     "kubus_reconciler_member_info", "This process's member id in its pool.", ["member", "pool"]
 )
@@ -37,4 +67,24 @@ EVENT_LATENCY = Histogram(
     "From JetStream storing an object's new state to the start of the reconcile it causes.",
     ["controller"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RECONCILE_DROPPED = Counter(
+    "kubus_reconciler_reconcile_dropped",
+    "Keys dropped out of the queue after the controller's maximum retries.",
+    ["controller"],
+)
+DEAD_LETTERS = Counter(
+    "kubus_reconciler_dead_letters",
+    "Deliveries moved to the dead-letter stream (could not be decoded or applied).",
+    ["partition"],
+)
+RUNNER_RESTARTS = Counter(
+    "kubus_reconciler_runner_restarts",
+    "Restarts of a failed partition runner, cache follower or leader loop.",
+    ["runner"],
+)
+LEADER = Gauge(
+    "kubus_reconciler_leader",
+    "1 while this process leads the global controller, else 0.",
+    ["controller"],
 )

@@ -5,6 +5,11 @@ request is served; every replayed object then makes its requests, as an informer
 list does. The durable consumer ``<pool>-p<NN>`` is created to start right after the replay
 (or, if a previous owner left it, resumes from its acknowledged floor); each delivery updates
 the cache and makes requests, and is acknowledged once those requests are reconciled.
+
+A delivery that cannot be decoded or applied is negatively acknowledged with a growing delay
+and, after ``MAX_DELIVERIES``, copied to the dead-letter stream with its error and acknowledged:
+one bad message never stops a partition. Any other failure ends :meth:`PartitionRunner.run`;
+the manager's supervisor restarts the partition (replay included) with backoff.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ from collections.abc import Callable
 from typing import Final
 
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from bus.deadletter import publish_dead_letter
 from bus.envelope import Envelope
 from bus.errors import BusError
 from bus.layout import BusLayout
@@ -37,6 +42,8 @@ _FETCH_TIMEOUT: Final = 2.0
 _DRAIN_TIMEOUT: Final = 0.01
 _ACK_WAIT: Final = 300.0
 _MAX_ACK_PENDING: Final = 2000
+MAX_DELIVERIES: Final = 5  # a message that fails this often goes to the dead-letter stream
+_REDELIVERY_DELAY: Final = 0.5  # doubled at each failed delivery
 
 # (partition, object, its envelope, its message or None when replayed) -> whether the message
 # is acknowledged later (after the reconciles it causes) rather than at once
@@ -62,9 +69,11 @@ class PartitionRunner:
         self._deliver = deliver
         self._on_replayed = replayed
         self._wanted = wanted
+        self._pool = pool
         self._durable = f"{pool}-p{partition:02d}"
         self._filter = layout.partition_filter(partition)
         self._stopped = False
+        self.max_payload = 1024 * 1024
 
     def stop(self) -> None:
         """End at the next turn. Cancelling the task is not enough on its own: CPython 3.11's
@@ -79,13 +88,7 @@ class PartitionRunner:
         if self._stopped:
             return
         await self._reset_consumer()
-        while not self._stopped:
-            try:
-                await self._follow(last + 1)
-            except (NatsError, TimeoutError, NotFoundError) as error:
-                # e.g. the server restarted and the consumer is gone (nats.py #504): recreate.
-                log.warning("partition %d: consumer failed (%r); re-binding", self.partition, error)
-                await asyncio.sleep(1.0)
+        await self._follow(last + 1)
 
     async def _replay(self) -> int:
         reader = ObjectStreamReader(self._js, self._layout)
@@ -94,9 +97,22 @@ class PartitionRunner:
         async for envelope in reader.replay(self._filter):
             last = max(last, envelope.sequence)
             ref = self._decode(envelope.subject)
-            if ref is not None and self._wanted(ref):
+            if ref is None or not self._wanted(ref):
+                continue
+            try:
                 self._deliver(self.partition, ref, envelope, None)
-                refs.append(ref)
+            except Exception as error:
+                # Its state stays what the cache had; the consumer starts after it, so the
+                # object's next state is the next chance (a redelivery would fail alike).
+                log.error(
+                    "partition %d: cannot apply %s (sequence %d) while replaying: %s",
+                    self.partition,
+                    ref.key,
+                    envelope.sequence,
+                    error,
+                )
+                continue
+            refs.append(ref)
         # Requests only once the whole partition is cached, as after an informer's initial
         # list: handlers then find owners that come later in stream order.
         self._on_replayed(self.partition, refs)
@@ -136,9 +152,9 @@ class PartitionRunner:
             messages = await _fetch(subscription)
             if self._stopped:
                 return  # not delivered nor acknowledged: the next owner gets them
-            settled = [message for message in messages if not self._handle(message)]
-            for message in settled:  # nothing to reconcile: acknowledged at once
-                await message.ack()
+            for message in messages:
+                if not await self._handle(message):  # nothing to reconcile: acked at once
+                    await message.ack()
             fetched += len(messages)
             if not messages or fetched >= 10 * _FETCH_BATCH:
                 fetched = 0
@@ -147,8 +163,11 @@ class PartitionRunner:
                     (info.num_pending or 0) + (info.num_ack_pending or 0)
                 )
 
-    def _handle(self, message: Msg) -> bool:
+    async def _handle(self, message: Msg) -> bool:
         """Deliver one message; False when it can be acknowledged at once."""
+        ref = self._decode(message.subject)
+        if ref is None or not self._wanted(ref):
+            return False
         try:
             envelope = Envelope.from_message(
                 subject=message.subject,
@@ -156,13 +175,63 @@ class PartitionRunner:
                 headers=message.headers,
                 payload=message.data,
             )
-        except BusError as error:
-            log.error("partition %d: %s; dropped", self.partition, error)
-            return False
-        ref = self._decode(envelope.subject)
-        if ref is None or not self._wanted(ref):
-            return False
-        return self._deliver(self.partition, ref, envelope, message)
+            return self._deliver(self.partition, ref, envelope, message)
+        except Exception as error:
+            await self._failed(message, ref, error)
+            return True  # settled by _failed: nak'd, or dead-lettered and acked
+
+    async def _failed(self, message: Msg, ref: ObjectRef, error: Exception) -> None:
+        """A delivery that could not be decoded or applied: retry it later, a bounded number
+        of times, then move it to the dead-letter stream."""
+        deliveries = message.metadata.num_delivered or 1
+        sequence = message.metadata.sequence.stream
+        reason = f"{type(error).__name__}: {error}"
+        if deliveries < MAX_DELIVERIES:
+            delay = _REDELIVERY_DELAY * 2 ** (deliveries - 1)
+            log.warning(
+                "partition %d: cannot handle %s %s (sequence %d, delivery %d of %d): %s; "
+                "retried in %.1fs",
+                self.partition,
+                ref.resource,
+                ref.key,
+                sequence,
+                deliveries,
+                MAX_DELIVERIES,
+                reason,
+                delay,
+            )
+            await message.nak(delay=delay)
+            return
+        try:
+            await publish_dead_letter(
+                self._js,
+                self._layout,
+                pool=self._pool,
+                partition=self.partition,
+                subject=message.subject,
+                sequence=sequence,
+                deliveries=deliveries,
+                error=reason,
+                headers=message.headers,
+                payload=message.data,
+                max_payload=self.max_payload,
+            )
+        except RuntimeError as failure:
+            log.error("partition %d: %s; %s retried later", self.partition, failure, ref.key)
+            await message.nak(delay=_REDELIVERY_DELAY * 2**MAX_DELIVERIES)
+            return
+        metrics.DEAD_LETTERS.labels(str(self.partition)).inc()
+        log.error(
+            "partition %d: %s %s (sequence %d) moved to %s after %d deliveries: %s",
+            self.partition,
+            ref.resource,
+            ref.key,
+            sequence,
+            self._layout.dead_letter_stream,
+            deliveries,
+            reason,
+        )
+        await message.ack()
 
     def _decode(self, subject: str) -> ObjectRef | None:
         try:

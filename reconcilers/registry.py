@@ -8,8 +8,9 @@ one kubus has not implemented yet (rather than silently running without it).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
+from reconcilers.controller import Controller
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.replicaset import ReplicaSetController
 
@@ -56,7 +57,7 @@ KNOWN: Final[dict[str, tuple[str, ...]]] = {
 }
 DISABLED_BY_DEFAULT: Final = frozenset({"bootstrap-signer-controller", "token-cleaner-controller"})
 
-IMPLEMENTED: Final[dict[str, type[Any]]] = {
+IMPLEMENTED: Final[dict[str, type[Controller]]] = {
     DeploymentController.name: DeploymentController,
     ReplicaSetController.name: ReplicaSetController,
 }
@@ -68,7 +69,7 @@ class ControllerSelectionError(ValueError):
     pass
 
 
-def select_controllers(items: list[str]) -> tuple[type[Any], ...]:
+def select_controllers(items: list[str]) -> tuple[type[Controller], ...]:
     enabled: dict[str, bool] = {}
     star = False
     for raw in items:

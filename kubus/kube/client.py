@@ -88,10 +88,23 @@ class _RawWatchEvent(msgspec.Struct):
     object: msgspec.Raw
 
 
+class _StatusCause(msgspec.Struct):
+    reason: str = ""
+
+
+class _StatusDetails(msgspec.Struct):
+    causes: list[_StatusCause] = []
+
+
 class _Status(msgspec.Struct):
     code: int = 0
     reason: str = ""
     message: str = ""
+    details: _StatusDetails | None = None
+
+    @property
+    def causes(self) -> tuple[str, ...]:
+        return tuple(cause.reason for cause in self.details.causes) if self.details else ()
 
 
 class _DiscoveredResource(msgspec.Struct):
@@ -453,7 +466,7 @@ def _error_from(status_code: int, body: bytes) -> KubeApiError:
         status = _status_decoder.decode(body)
     except msgspec.DecodeError:
         return KubeApiError(status_code, "", body[:200].decode(errors="replace"))
-    return _error(status.code or status_code, status.reason, status.message)
+    return error_for(status.code or status_code, status.reason, status.message, status.causes)
 
 
 def _error(code: int, reason: str, message: str) -> KubeApiError:

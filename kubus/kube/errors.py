@@ -19,11 +19,15 @@ __all__ = [
 
 
 class KubeApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.message = message
+        # The Status's ``details.causes[].reason`` (e.g. ``NamespaceTerminating``).
+        self.causes = causes
 
 
 class GoneError(KubeApiError):
@@ -50,16 +54,16 @@ class InvalidError(KubeApiError):
     pass
 
 
-def error_for(code: int, reason: str, message: str) -> KubeApiError:
+def error_for(code: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> KubeApiError:
     """The most specific error class for an apiserver Status."""
     if code == 410 or reason in ("Expired", "Gone"):
-        return GoneError(410, reason or "Gone", message)
+        return GoneError(410, reason or "Gone", message, causes)
     if code == 404:
-        return NotFoundError(code, reason, message)
+        return NotFoundError(code, reason, message, causes)
     if code == 409:
         if reason == "AlreadyExists":
-            return AlreadyExistsError(code, reason, message)
-        return ConflictError(code, reason, message)
+            return AlreadyExistsError(code, reason, message, causes)
+        return ConflictError(code, reason, message, causes)
     if code == 422:
-        return InvalidError(code, reason, message)
-    return KubeApiError(code, reason, message)
+        return InvalidError(code, reason, message, causes)
+    return KubeApiError(code, reason, message, causes)

@@ -17,13 +17,21 @@ import copy
 import datetime
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Final
 
 from bus.subjects import ResourceType
 from kubus.kube import AlreadyExistsError, KubeApiError, NotFoundError
 from reconcilers.cache import controller_of
-from reconcilers.controller import Context, Request, Result, Scope
+from reconcilers.controller import (
+    Context,
+    ControllerBase,
+    Permission,
+    Request,
+    Result,
+    RetryPolicy,
+    Scope,
+)
 from reconcilers.controllers import deploymentutil as util
 from reconcilers.controllers.deploymentutil import (
     DESIRED_REPLICAS,
@@ -61,7 +69,10 @@ _INT64: Final = re.compile(r"[+-]?[0-9]+")
 Object = dict[str, Any]
 
 
-class DeploymentController:
+EVENTS: Final = ResourceType("", "v1", "events")
+
+
+class DeploymentController(ControllerBase):
     name: ClassVar[str] = "deployment-controller"
     aliases: ClassVar[tuple[str, ...]] = ("deployment",)
     primary: ClassVar[ResourceType] = DEPLOYMENTS
@@ -69,6 +80,15 @@ class DeploymentController:
     concurrency_flag: ClassVar[str] = "concurrent-deployment-syncs"
     default_concurrency: ClassVar[int] = 5
     scope: ClassVar[Scope] = Scope.PARTITIONED
+    # kcm's maxRetries: a Deployment that keeps failing is dropped until its next change.
+    retry: ClassVar[RetryPolicy] = RetryPolicy(max_retries=15)
+    permissions: ClassVar[tuple[Permission, ...]] = (
+        Permission.on(REPLICASETS, "create", "update", "patch", "delete"),
+        Permission.on(DEPLOYMENTS, "get", "update"),
+        Permission.on(DEPLOYMENTS, "update", subresource="status"),
+        Permission.on(EVENTS, "create", "patch"),
+    )
+    feature_gates: ClassVar[Mapping[str, bool]] = {"DeploymentReplicaSetTerminatingReplicas": True}
 
     def __init__(self, context: Context) -> None:
         self._ctx = context

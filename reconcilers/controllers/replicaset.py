@@ -20,13 +20,13 @@ import asyncio
 import copy
 import datetime
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final
 
 from bus.subjects import ResourceType
 from kubus.kube import ConflictError, InvalidError, KubeApiError, NotFoundError
 from reconcilers.cache import controller_of
-from reconcilers.controller import Context, Request, Result, Scope
+from reconcilers.controller import Context, ControllerBase, Permission, Request, Result, Scope
 from reconcilers.controllers.ownerrefs import controller_ref, recheck_owner
 from reconcilers.controllers.podutil import (
     deletion_order,
@@ -51,7 +51,10 @@ COMPONENT: Final = "replicaset-controller"
 Object = dict[str, Any]
 
 
-class ReplicaSetController:
+EVENTS: Final = ResourceType("", "v1", "events")
+
+
+class ReplicaSetController(ControllerBase):
     name: ClassVar[str] = "replicaset-controller"
     aliases: ClassVar[tuple[str, ...]] = ("replicaset",)
     primary: ClassVar[ResourceType] = REPLICASETS
@@ -59,6 +62,13 @@ class ReplicaSetController:
     concurrency_flag: ClassVar[str] = "concurrent-replicaset-syncs"
     default_concurrency: ClassVar[int] = 5
     scope: ClassVar[Scope] = Scope.PARTITIONED
+    permissions: ClassVar[tuple[Permission, ...]] = (
+        Permission.on(PODS, "create", "delete", "patch"),
+        Permission.on(REPLICASETS, "get"),
+        Permission.on(REPLICASETS, "get", "update", subresource="status"),
+        Permission.on(EVENTS, "create", "patch"),
+    )
+    feature_gates: ClassVar[Mapping[str, bool]] = {"DeploymentReplicaSetTerminatingReplicas": True}
 
     def __init__(self, context: Context) -> None:
         self._ctx = context

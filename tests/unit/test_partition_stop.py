@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from typing import Any, cast
 
-from reconcilers.manager import _Running, _stop
+from reconcilers.supervisor import stop_task
 
 
 class _Runner:
@@ -37,7 +37,7 @@ def test_a_runner_that_swallows_cancellations_still_ends() -> None:
 
         task = asyncio.get_running_loop().create_task(swallowing())
         await asyncio.sleep(0.05)
-        await asyncio.wait_for(_stop(_Running(cast(Any, runner), task)), timeout=5)
+        await asyncio.wait_for(stop_task(cast(Any, runner), task), timeout=5)
         assert task.done()
         return turns
 

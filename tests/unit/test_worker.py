@@ -30,6 +30,7 @@ from reconcilers.controller import (
 )
 from reconcilers.worker import InFlight, Worker
 from reconcilers.workqueue import ItemExponentialFailureRateLimiter, WorkQueue
+from tests.support.wait import wait_until
 
 CONFIGMAPS = ResourceType("", "v1", "configmaps")
 KEY = Request("ns", "a")
@@ -106,9 +107,7 @@ def _worker(
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:
-    async with asyncio.timeout(5):
-        while not condition():
-            await asyncio.sleep(0.001)
+    await wait_until(condition, within=5, what=what, interval=0.001)
 
 
 async def _run(worker: Worker, scenario: Callable[[], Any]) -> None:

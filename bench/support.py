@@ -463,3 +463,15 @@ def percentile(values: list[float], fraction: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def entry_points_dir(directory: Path, distribution: str, entries: dict[str, str]) -> Path:
+    """A directory to put on PYTHONPATH holding a distribution whose ``kubus.controllers``
+    entry points are ``entries`` (name -> ``module:Class``): importlib.metadata finds
+    ``*.dist-info`` directories on sys.path, so no package needs building."""
+    info = directory / f"{distribution.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entries.items())
+    (info / "entry_points.txt").write_text(f"[kubus.controllers]\n{lines}")
+    return directory

@@ -131,16 +131,19 @@ class Pool:
         prefix: str,
         reconcilers: int,
         extra: Sequence[str] = (),
+        *,
+        env: Mapping[str, str] | None = None,
+        watcher_args: Sequence[str] = (),
     ) -> None:
         self.prefix = prefix
-        self._env = {**os.environ, **stack_env}
+        self._env = {**os.environ, **stack_env, **(env or {})}
         common = [
             f"--kubeconfig={stack_env['KUBECONFIG']}",
             f"--nats-url={stack_env['NATS_URL']}",
             f"--bus-prefix={prefix}",
         ]
         self.watcher = ServiceProcess(
-            ["watcher", *common], env=self._env, log=tmp_path / "watcher.log"
+            ["watcher", *common, *watcher_args], env=self._env, log=tmp_path / "watcher.log"
         )
         self.reconcilers = [
             ServiceProcess(
@@ -171,11 +174,25 @@ class Pool:
 
 @contextmanager
 def kubus_pool(
-    stack_env: Mapping[str, str], tmp_path: Path, *, reconcilers: int = 1, extra: Sequence[str] = ()
+    stack_env: Mapping[str, str],
+    tmp_path: Path,
+    *,
+    reconcilers: int = 1,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    watcher_args: Sequence[str] = (),
 ) -> Iterator[Pool]:
     import uuid
 
-    pool = Pool(stack_env, tmp_path, "t" + uuid.uuid4().hex[:10], reconcilers, extra)
+    pool = Pool(
+        stack_env,
+        tmp_path,
+        "t" + uuid.uuid4().hex[:10],
+        reconcilers,
+        extra,
+        env=env,
+        watcher_args=watcher_args,
+    )
     try:
         pool.start()
         yield pool

@@ -1,0 +1,141 @@
+"""Small controllers the runtime's tests run in real reconciler processes.
+
+They are loaded the way any controller from outside kubus is: through the ``kubus.controllers``
+entry-point group, from a distribution the test writes next to them (see
+:func:`test_controllers_path`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench.support import entry_points_dir
+from bus.subjects import ResourceType
+from reconcilers.controller import Context, ControllerBase, Permission, Request, Result, Scope
+
+PODS = ResourceType("", "v1", "pods")
+NODES = ResourceType("", "v1", "nodes")
+CONFIGMAPS = ResourceType("", "v1", "configmaps")
+ZONE_LABEL = "kubus.test/zone"
+ZONE_ANNOTATION = "kubus.test/node-zone"
+GLOBAL_LABEL = "kubus.test/global"
+DIGEST_ANNOTATION = "kubus.test/data-digest"
+
+Object = dict[str, Any]
+
+
+class NodeZoneMirror(ControllerBase):
+    """Copies its node's zone label onto every pod: a namespaced primary driven by a
+    cluster-scoped kind, as a DaemonSet is by Nodes."""
+
+    name: ClassVar[str] = "test-node-zone-mirror-controller"
+    primary: ClassVar[ResourceType] = PODS
+    reads: ClassVar[tuple[ResourceType, ...]] = (PODS, NODES)
+    permissions: ClassVar[tuple[Permission, ...]] = (Permission.on(PODS, "patch"),)
+    concurrency_flag: ClassVar[str] = "concurrent-test-node-zone-mirror-syncs"
+    enabled_by_default: ClassVar[bool] = False
+
+    def __init__(self, context: Context) -> None:
+        self._ctx = context
+
+    def requests_for(
+        self, resource: ResourceType, obj: Object | None, old: Object | None
+    ) -> Iterable[Request]:
+        if resource == PODS:
+            target = obj or old
+            return [Request.of(target)] if target else []
+        if obj is None or _zone(obj) == (_zone(old) if old else None):
+            return []
+        node = obj["metadata"]["name"]
+        return [
+            Request.of(pod)
+            for namespace in self._namespaces()
+            for pod in self._ctx.cache.in_namespace(PODS, namespace)
+            if pod.get("spec", {}).get("nodeName") == node
+        ]
+
+    def _namespaces(self) -> set[str | None]:
+        return {ref.namespace for ref in self._ctx.cache.refs() if ref.resource == PODS}
+
+    async def reconcile(self, request: Request) -> Result:
+        pod = self._ctx.cache.get(PODS, request.namespace, request.name)
+        if pod is None or not pod.get("spec", {}).get("nodeName"):
+            return Result()
+        node = self._ctx.cache.get(NODES, None, pod["spec"]["nodeName"])
+        zone = _zone(node) if node else None
+        if zone is None:
+            return Result()
+        if (pod["metadata"].get("annotations") or {}).get(ZONE_ANNOTATION) == zone:
+            return Result()
+        await self._ctx.kube.patch(
+            self._ctx.apis[PODS],
+            request.namespace,
+            request.name,
+            {"metadata": {"annotations": {ZONE_ANNOTATION: zone}}},
+        )
+        return Result()
+
+
+class GlobalDigest(ControllerBase):
+    """Writes a digest of each labelled ConfigMap's data onto it, from one leader per pool."""
+
+    name: ClassVar[str] = "test-global-digest-controller"
+    primary: ClassVar[ResourceType] = CONFIGMAPS
+    reads: ClassVar[tuple[ResourceType, ...]] = (CONFIGMAPS,)
+    permissions: ClassVar[tuple[Permission, ...]] = (Permission.on(CONFIGMAPS, "patch"),)
+    concurrency_flag: ClassVar[str] = "concurrent-test-global-digest-syncs"
+    scope: ClassVar[Scope] = Scope.GLOBAL
+    enabled_by_default: ClassVar[bool] = False
+
+    def __init__(self, context: Context) -> None:
+        self._ctx = context
+
+    def requests_for(
+        self, resource: ResourceType, obj: Object | None, old: Object | None
+    ) -> Iterable[Request]:
+        target = obj or old
+        if target is None or (target["metadata"].get("labels") or {}).get(GLOBAL_LABEL) is None:
+            return []
+        return [Request.of(target)]
+
+    async def reconcile(self, request: Request) -> Result:
+        cm = self._ctx.cache.get(CONFIGMAPS, request.namespace, request.name)
+        if cm is None:
+            return Result()
+        want = digest(cm.get("data") or {})
+        if (cm["metadata"].get("annotations") or {}).get(DIGEST_ANNOTATION) == want:
+            return Result()
+        await self._ctx.kube.patch(
+            self._ctx.apis[CONFIGMAPS],
+            request.namespace,
+            request.name,
+            {"metadata": {"annotations": {DIGEST_ANNOTATION: want}}},
+        )
+        return Result()
+
+
+def digest(data: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _zone(node: Object | None) -> str | None:
+    if node is None:
+        return None
+    value = (node["metadata"].get("labels") or {}).get(ZONE_LABEL)
+    return str(value) if value is not None else None
+
+
+def test_controllers_path(directory: Path) -> Path:
+    """A directory to put on PYTHONPATH that registers the controllers above."""
+    return entry_points_dir(
+        directory,
+        "kubus-test-controllers",
+        {
+            NodeZoneMirror.name: "tests.support.controllers:NodeZoneMirror",
+            GlobalDigest.name: "tests.support.controllers:GlobalDigest",
+        },
+    )

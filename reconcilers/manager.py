@@ -171,8 +171,8 @@ class Manager:
                 if self._globals:
                     self._election = LeaderElection(
                         member=config.member,
-                        bucket=leaders,
-                        names=tuple(self._globals),
+                        leaders=leaders,
+                        controllers=tuple(self._globals),
                         timing=config.timing,
                         on_started_leading=self._start_leading,
                         on_stopped_leading=self._stop_leading,

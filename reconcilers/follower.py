@@ -32,7 +32,7 @@ from bus.layout import BusLayout
 from bus.reader import ObjectStreamReader
 from bus.subjects import ObjectRef
 
-__all__ = ["FollowedDelivery", "StreamFollower"]
+__all__ = ["ConsumerLost", "FollowedDelivery", "StreamFollower"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ _INACTIVE_THRESHOLD: Final = 120.0
 
 # (object, its envelope, replayed?) -> None; applies to a cache and makes requests
 FollowedDelivery = Callable[[ObjectRef, Envelope, bool], None]
+
+
+class ConsumerLost(Exception):
+    """The ephemeral consumer of a followed kind is gone or unusable: replay afresh."""
 
 
 class StreamFollower:
@@ -88,9 +92,12 @@ class StreamFollower:
         if not self._filters:
             await self._stop.wait()  # nothing to follow: serve the (empty) cache until stopped
             return
-        async with asyncio.TaskGroup() as group:
-            for subject_filter, start in zip(self._filters, starts, strict=True):
-                group.create_task(self._follow(subject_filter, start))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for subject_filter, start in zip(self._filters, starts, strict=True):
+                    group.create_task(self._follow(subject_filter, start))
+        except* ConsumerLost as lost:
+            raise lost.exceptions[0] from None
 
     def _apply(self, envelope: Envelope, *, replaying: bool) -> ObjectRef | None:
         try:
@@ -121,35 +128,42 @@ class StreamFollower:
             subject_filter, stream=self._layout.object_stream, config=config
         )
         name = (await subscription.consumer_info()).name
-        idle = 0
         try:
-            while not self._stopped:
-                try:
-                    messages = await subscription.fetch(_BATCH, timeout=_FETCH_TIMEOUT)
-                except TimeoutError:  # nats-py raises both its own and asyncio's
-                    messages = []
-                if self._stopped:
-                    return
-                if not messages:
-                    idle += 1
-                    if idle >= _IDLE_CHECKS:
-                        idle = 0
-                        await subscription.consumer_info()  # NotFoundError if it is gone
-                    continue
-                idle = 0
-                for message in messages:
-                    try:
-                        envelope = Envelope.from_message(
-                            subject=message.subject,
-                            sequence=message.metadata.sequence.stream,
-                            headers=message.headers,
-                            payload=message.data,
-                        )
-                    except BusError as error:
-                        log.error("%s: %s; skipped", self.name, error)
-                        continue
-                    self._apply(envelope, replaying=False)
+            await self._pull(subscription)
+        except (NatsError, NotFoundError) as error:
+            raise ConsumerLost(
+                f"the consumer of {subject_filter} is lost ({type(error).__name__}: {error})"
+            ) from error
         finally:
             with contextlib.suppress(NatsError, NotFoundError, TimeoutError):
                 await subscription.unsubscribe()
                 await self._js.delete_consumer(self._layout.object_stream, name)
+
+    async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
+        idle = 0
+        while not self._stopped:
+            try:
+                messages = await subscription.fetch(_BATCH, timeout=_FETCH_TIMEOUT)
+            except TimeoutError:  # nats-py raises both its own and asyncio's
+                messages = []
+            if self._stopped:
+                return
+            if not messages:
+                idle += 1
+                if idle >= _IDLE_CHECKS:
+                    idle = 0
+                    await subscription.consumer_info()  # NotFoundError if it is gone
+                continue
+            idle = 0
+            for message in messages:
+                try:
+                    envelope = Envelope.from_message(
+                        subject=message.subject,
+                        sequence=message.metadata.sequence.stream,
+                        headers=message.headers,
+                        payload=message.data,
+                    )
+                except BusError as error:
+                    log.error("%s: %s; skipped", self.name, error)
+                    continue
+                self._apply(envelope, replaying=False)

@@ -175,7 +175,9 @@ class ControllerBase:
     retry: ClassVar[RetryPolicy] = RetryPolicy()
     feature_gates: ClassVar[Mapping[str, bool]] = {}
     flags: ClassVar[tuple[Flag, ...]] = ()
-    enabled_by_default: ClassVar[bool] = True
+    # Whether ``--controllers=*`` runs it. Built-in controllers follow kcm's own list; one from
+    # outside kubus runs only when named unless it opts in.
+    enabled_by_default: ClassVar[bool] = False
 
     def forget(self, matches: Callable[[Request], bool]) -> None:
         return None

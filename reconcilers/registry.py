@@ -1,99 +1,278 @@
 """The controllers kubus knows, by kube-controller-manager's names, and ``--controllers``.
 
-``--controllers`` reads as kube-controller-manager's: ``*`` enables every controller that is
-on by default, ``name`` enables one, ``-name`` disables one; canonical names and the legacy
-aliases are both accepted. A name kube-controller-manager does not know is an error, and so is
-one kubus has not implemented yet (rather than silently running without it).
+``--controllers`` reads as kube-controller-manager v1.36's: ``*`` enables every controller that
+is on by default, ``name`` enables one, ``-name`` disables one, and for each controller the
+first item that names it decides. Canonical names and the legacy aliases are both accepted. A
+name nobody knows is an error in kube-controller-manager's words; a controller it knows but
+kubus has not implemented is an error too (rather than silently running without it), except the
+cloud-provider controllers, which kube-controller-manager itself accepts and skips.
+
+Controllers from other distributions join through the ``kubus.controllers`` entry-point group
+(:mod:`reconcilers.external`) and are chosen the same way; ``*`` turns on only those that set
+``enabled_by_default = True``.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import functools
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint
+from typing import Final, Protocol, TypeVar
 
-from reconcilers.controller import Controller
+from reconcilers import external
+from reconcilers.controller import Context, Controller
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.replicaset import ReplicaSetController
 
-__all__ = ["IMPLEMENTED", "KNOWN", "ControllerSelectionError", "select_controllers"]
+__all__ = [
+    "CLOUD_PROVIDER",
+    "DISABLED_BY_DEFAULT",
+    "IMPLEMENTED",
+    "KNOWN",
+    "ControllerClass",
+    "ControllerSelectionError",
+    "KcmController",
+    "Registry",
+    "available",
+    "controller_class",
+    "implemented_controllers",
+    "select_controllers",
+]
 
-# kube-controller-manager's controllers: canonical name -> legacy aliases.
-KNOWN: Final[dict[str, tuple[str, ...]]] = {
-    "attachdetach-controller": ("attachdetach",),
-    "bootstrap-signer-controller": ("bootstrapsigner",),
-    "certificatesigningrequest-approving-controller": ("csrapproving",),
-    "certificatesigningrequest-cleaner-controller": ("csrcleaner",),
-    "certificatesigningrequest-signing-controller": ("csrsigning",),
-    "clusterrole-aggregation-controller": ("clusterrole-aggregation",),
-    "cronjob-controller": ("cronjob",),
-    "daemonset-controller": ("daemonset",),
-    "deployment-controller": ("deployment",),
-    "disruption-controller": ("disruption",),
-    "endpoints-controller": ("endpoint",),
-    "endpointslice-controller": ("endpointslice",),
-    "endpointslice-mirroring-controller": ("endpointslicemirroring",),
-    "ephemeral-volume-controller": ("ephemeral-volume",),
-    "garbage-collector-controller": ("garbagecollector",),
-    "horizontal-pod-autoscaler-controller": ("horizontalpodautoscaling",),
-    "job-controller": ("job",),
-    "namespace-controller": ("namespace",),
-    "node-ipam-controller": ("nodeipam",),
-    "node-lifecycle-controller": ("nodelifecycle",),
-    "persistentvolume-binder-controller": ("persistentvolume-binder",),
-    "persistentvolume-expander-controller": ("persistentvolume-expander",),
-    "persistentvolumeclaim-protection-controller": ("pvc-protection",),
-    "persistentvolume-protection-controller": ("pv-protection",),
-    "pod-garbage-collector-controller": ("podgc",),
-    "replicaset-controller": ("replicaset",),
-    "replicationcontroller-controller": ("replicationcontroller",),
-    "resourcequota-controller": ("resourcequota",),
-    "root-ca-certificate-publisher-controller": ("root-ca-cert-publisher",),
-    "service-lb-controller": ("service",),
-    "serviceaccount-controller": ("serviceaccount",),
-    "serviceaccount-token-controller": ("serviceaccount-token",),
-    "statefulset-controller": ("statefulset",),
-    "token-cleaner-controller": ("tokencleaner",),
-    "ttl-after-finished-controller": ("ttl-after-finished",),
-    "ttl-controller": ("ttl",),
-}
-DISABLED_BY_DEFAULT: Final = frozenset({"bootstrap-signer-controller", "token-cleaner-controller"})
+log = logging.getLogger(__name__)
 
-IMPLEMENTED: Final[dict[str, type[Controller]]] = {
-    DeploymentController.name: DeploymentController,
-    ReplicaSetController.name: ReplicaSetController,
-}
 
-_CANONICAL: Final = {alias: name for name, aliases in KNOWN.items() for alias in (name, *aliases)}
+@dataclass(frozen=True)
+class KcmController:
+    """One controller of kube-controller-manager's ``NewControllerDescriptors``."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    disabled_by_default: bool = False
+    # Registered, but kube-controller-manager has no in-tree cloud provider (KEP-2395): it
+    # accepts the name and skips the controller.
+    cloud_provider: bool = False
+
+
+def _kcm(*controllers: KcmController) -> dict[str, KcmController]:
+    return {controller.name: controller for controller in controllers}
+
+
+# kube-controller-manager v1.36.3, cmd/kube-controller-manager/app (descriptors) and names/.
+# Several are also gated by feature gates there; kubus implements none of those yet.
+KNOWN: Final[Mapping[str, KcmController]] = _kcm(
+    KcmController("bootstrap-signer-controller", ("bootstrapsigner",), disabled_by_default=True),
+    KcmController("certificatesigningrequest-approving-controller", ("csrapproving",)),
+    KcmController("certificatesigningrequest-cleaner-controller", ("csrcleaner",)),
+    KcmController("certificatesigningrequest-signing-controller", ("csrsigning",)),
+    KcmController(
+        "cloud-node-lifecycle-controller", ("cloud-node-lifecycle",), cloud_provider=True
+    ),
+    KcmController("clusterrole-aggregation-controller", ("clusterrole-aggregation",)),
+    KcmController("cronjob-controller", ("cronjob",)),
+    KcmController("daemonset-controller", ("daemonset",)),
+    KcmController("deployment-controller", ("deployment",)),
+    KcmController("device-taint-eviction-controller"),
+    KcmController("disruption-controller", ("disruption",)),
+    KcmController("endpoints-controller", ("endpoint",)),
+    KcmController("endpointslice-controller", ("endpointslice",)),
+    KcmController("endpointslice-mirroring-controller", ("endpointslicemirroring",)),
+    KcmController("ephemeral-volume-controller", ("ephemeral-volume",)),
+    KcmController("garbage-collector-controller", ("garbagecollector",)),
+    KcmController("horizontal-pod-autoscaler-controller", ("horizontalpodautoscaling",)),
+    KcmController("job-controller", ("job",)),
+    KcmController("kube-apiserver-serving-clustertrustbundle-publisher-controller"),
+    KcmController(
+        "legacy-serviceaccount-token-cleaner-controller", ("legacy-service-account-token-cleaner",)
+    ),
+    KcmController("namespace-controller", ("namespace",)),
+    KcmController("node-ipam-controller", ("nodeipam",)),
+    KcmController("node-lifecycle-controller", ("nodelifecycle",)),
+    KcmController("node-route-controller", ("route",), cloud_provider=True),
+    KcmController("persistentvolume-attach-detach-controller", ("attachdetach",)),
+    KcmController("persistentvolume-binder-controller", ("persistentvolume-binder",)),
+    KcmController("persistentvolume-expander-controller", ("persistentvolume-expander",)),
+    KcmController("persistentvolume-protection-controller", ("pv-protection",)),
+    KcmController("persistentvolumeclaim-protection-controller", ("pvc-protection",)),
+    KcmController("pod-garbage-collector-controller", ("podgc",)),
+    KcmController("podcertificaterequest-cleaner-controller"),
+    KcmController("podgroup-protection-controller"),
+    KcmController("replicaset-controller", ("replicaset",)),
+    KcmController("replicationcontroller-controller", ("replicationcontroller",)),
+    KcmController("resourceclaim-controller", ("resource-claim-controller",)),
+    KcmController("resourcepoolstatusrequest-controller"),
+    KcmController("resourcequota-controller", ("resourcequota",)),
+    KcmController("root-ca-certificate-publisher-controller", ("root-ca-cert-publisher",)),
+    KcmController("selinux-warning-controller", disabled_by_default=True),
+    KcmController("service-cidr-controller"),
+    KcmController("service-lb-controller", ("service",), cloud_provider=True),
+    KcmController("serviceaccount-controller", ("serviceaccount",)),
+    KcmController("serviceaccount-token-controller", ("serviceaccount-token",)),
+    KcmController("statefulset-controller", ("statefulset",)),
+    KcmController("storage-version-migrator-controller", ("svm",)),
+    KcmController("storageversion-garbage-collector-controller", ("storage-version-gc",)),
+    KcmController("taint-eviction-controller"),
+    KcmController("token-cleaner-controller", ("tokencleaner",), disabled_by_default=True),
+    KcmController("ttl-after-finished-controller", ("ttl-after-finished",)),
+    KcmController("ttl-controller", ("ttl",)),
+    KcmController("validatingadmissionpolicy-status-controller"),
+    KcmController("volumeattributesclass-protection-controller"),
+)
+DISABLED_BY_DEFAULT: Final = frozenset(c.name for c in KNOWN.values() if c.disabled_by_default)
+CLOUD_PROVIDER: Final = frozenset(c.name for c in KNOWN.values() if c.cloud_provider)
+
+
+class ControllerClass(Protocol):
+    """A controller class as the manager uses it: called with a :class:`Context`, it makes a
+    :class:`Controller`. ``type[Controller]`` alone does not check the constructor."""
+
+    def __call__(self, context: Context) -> Controller: ...
+
+
+_C = TypeVar("_C", bound=ControllerClass)
+
+
+def controller_class(cls: _C) -> _C:
+    """Returns ``cls``; mypy checks it is a whole controller class, constructor included
+    (usable as a class decorator by out-of-tree controllers too)."""
+    return cls
+
+
+_BUILTIN: Final[tuple[type[Controller], ...]] = (
+    controller_class(DeploymentController),
+    controller_class(ReplicaSetController),
+)
+IMPLEMENTED: Final[Mapping[str, type[Controller]]] = {c.name: c for c in _BUILTIN}
 
 
 class ControllerSelectionError(ValueError):
     pass
 
 
-def select_controllers(items: list[str]) -> tuple[type[Controller], ...]:
-    enabled: dict[str, bool] = {}
-    star = False
+@dataclass(frozen=True)
+class Registry:
+    """Every name ``--controllers`` accepts, and the controllers behind them."""
+
+    controllers: Mapping[str, type[Controller]]  # implemented, by canonical name
+    names: Mapping[str, str]  # every accepted name and alias -> canonical name
+    on_by_default: frozenset[str]
+    skipped: frozenset[str]  # accepted, never run (cloud-provider controllers)
+    problems: tuple[str, ...]  # one line per entry point that could not join
+    broken: Mapping[str, str]  # the names of those that --controllers resolves to them: line
+
+    @classmethod
+    def build(
+        cls,
+        builtin: Iterable[type[Controller]] = _BUILTIN,
+        entry_points: Iterable[EntryPoint] = (),
+    ) -> Registry:
+        controllers = {c.name: c for c in builtin}
+        names = {alias: c.name for c in KNOWN.values() for alias in (c.name, *c.aliases)}
+        on = {name for name in controllers if name not in DISABLED_BY_DEFAULT}
+        flags = {c.concurrency_flag for c in controllers.values()}
+        loaded = external.load(entry_points, reserved=names, flags=flags)
+        for name, controller in loaded.controllers.items():
+            controllers[name] = controller
+            names.update({alias: name for alias in (name, *controller.aliases)})
+            if external.enabled_by_default(controller):
+                on.add(name)
+        # Chosen by its own name, a broken entry point fails with its problem; a name that is
+        # taken (a clash) keeps meaning what it meant.
+        broken = {name: line for name, line in loaded.problems.items() if name not in names}
+        names.update({name: name for name in broken})
+        problems = tuple(loaded.problems.values())
+        return cls(controllers, names, frozenset(on), CLOUD_PROVIDER, problems, broken)
+
+
+@functools.cache
+def available() -> Registry:
+    """The built-ins and whatever the installed distributions register (loaded once)."""
+    return Registry.build(entry_points=external.installed())
+
+
+def implemented_controllers() -> Mapping[str, type[Controller]]:
+    """Every controller this process can run, external ones included: the CLI's flags."""
+    return available().controllers
+
+
+def select_controllers(
+    items: Iterable[str], registry: Registry | None = None
+) -> tuple[type[Controller], ...]:
+    """The controllers ``--controllers`` enables, as kube-controller-manager decides it."""
+    registry = available() if registry is None else registry
+    chosen = _canonical(items, registry)
+    star = "*" in chosen
+
+    def decision(name: str) -> bool | None:
+        for item in chosen:
+            if item == name:
+                return True
+            if item == "-" + name:
+                return False
+        return None
+
+    broken = [line for name, line in registry.broken.items() if decision(name)]
+    if broken:
+        raise ControllerSelectionError("--controllers: " + "; ".join(broken))
+    for line in registry.problems:
+        log.error("%s", line)
+    missing = [
+        name
+        for name in KNOWN
+        if decision(name) and name not in registry.controllers and name not in registry.skipped
+    ]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise ControllerSelectionError(
+            f"--controllers: {', '.join(missing)} {verb} not implemented by kubus yet "
+            f"(implemented: {', '.join(sorted(registry.controllers))})"
+        )
+    for name in sorted(registry.skipped):
+        if decision(name):
+            log.info("--controllers: skipping %s: a cloud-provider controller (KEP-2395)", name)
+    enabled = []
+    for name in registry.controllers:
+        explicit = decision(name)
+        if explicit or (explicit is None and star and name in registry.on_by_default):
+            enabled.append(name)
+    if not enabled:
+        raise ControllerSelectionError("--controllers selects no controller kubus implements")
+    return tuple(registry.controllers[name] for name in enabled)
+
+
+def _canonical(items: Iterable[str], registry: Registry) -> list[str]:
+    """The items with aliases replaced by canonical names; every unknown name is reported at
+    once, as kube-controller-manager's validation aggregates them."""
+    chosen: list[str] = []
+    unknown: list[str] = []
     for raw in items:
         item = raw.strip()
         if not item:
             continue
         if item == "*":
-            star = True
+            chosen.append(item)
             continue
-        disable = item.startswith("-")
-        name = _CANONICAL.get(item.lstrip("-"))
+        bare = item.removeprefix("-")
+        name = registry.names.get(bare)
         if name is None:
-            raise ControllerSelectionError(
-                f"--controllers: {item.lstrip('-')!r} is not in the list of known controllers"
-            )
-        if not disable and name not in IMPLEMENTED:
-            raise ControllerSelectionError(
-                f"--controllers: {name} is not implemented by kubus yet (implemented: "
-                f"{', '.join(sorted(IMPLEMENTED))})"
-            )
-        enabled[name] = not disable
-    chosen = [
-        name for name in IMPLEMENTED if enabled.get(name, star and name not in DISABLED_BY_DEFAULT)
-    ]
-    if not chosen:
-        raise ControllerSelectionError("--controllers selects no controller kubus implements")
-    return tuple(IMPLEMENTED[name] for name in chosen)
+            unknown.append(bare)
+        else:
+            chosen.append(name if bare == item else "-" + name)
+    if unknown:
+        messages = [f"{_quoted(name)} is not in the list of known controllers" for name in unknown]
+        raise ControllerSelectionError("--controllers: " + _aggregate(messages))
+    return chosen
+
+
+def _quoted(text: str) -> str:
+    """Go's ``%q`` for printable text."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _aggregate(messages: list[str]) -> str:
+    """apimachinery's aggregate error text: one message as is, several in brackets."""
+    unique = list(dict.fromkeys(messages))
+    return unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"

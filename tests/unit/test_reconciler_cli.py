@@ -22,7 +22,7 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
     assert set(select_controllers(["*"])) == {DeploymentController, ReplicaSetController}
     assert select_controllers(["*", "-deployment"]) == (ReplicaSetController,)
     assert select_controllers(["replicaset-controller"]) == (ReplicaSetController,)
-    with pytest.raises(ControllerSelectionError, match="'deploymnt' is not in the list"):
+    with pytest.raises(ControllerSelectionError, match='"deploymnt" is not in the list'):
         select_controllers(["deploymnt"])
     with pytest.raises(ControllerSelectionError, match="job-controller is not implemented"):
         select_controllers(["*", "job"])

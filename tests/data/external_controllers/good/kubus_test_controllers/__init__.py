@@ -1,0 +1,1 @@
+"""Controllers of a distribution other than kubus, for the entry-point tests."""

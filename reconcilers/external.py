@@ -72,8 +72,10 @@ ATTRIBUTES: Final[Mapping[str, tuple[Callable[[object], bool], str]]] = {
     ),
     "retry": (lambda v: isinstance(v, RetryPolicy), "a RetryPolicy"),
     "feature_gates": (
-        lambda v: isinstance(v, Mapping)
-        and all(isinstance(k, str) and isinstance(d, bool) for k, d in v.items()),
+        lambda v: (
+            isinstance(v, Mapping)
+            and all(isinstance(k, str) and isinstance(d, bool) for k, d in v.items())
+        ),
         "a mapping of gate names to bool defaults",
     ),
     "flags": (

@@ -20,7 +20,7 @@ import pytest
 
 from bus.subjects import ResourceType
 from reconcilers import external
-from reconcilers.controller import Context, Controller, Request, Result, Scope
+from reconcilers.controller import Context, Controller, ControllerBase, Request, Result, Scope
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.replicaset import ReplicaSetController
 from reconcilers.registry import (
@@ -38,7 +38,7 @@ CONFIGMAPS = ResourceType("", "v1", "configmaps")
 HERE = __name__
 
 
-class Stamp:
+class Stamp(ControllerBase):
     name: ClassVar[str] = "stamp-controller"
     aliases: ClassVar[tuple[str, ...]] = ("stamp",)
     primary: ClassVar[ResourceType] = CONFIGMAPS
@@ -66,7 +66,7 @@ class OnByDefault(Stamp):
     enabled_by_default: ClassVar[bool] = True
 
 
-class NoReconcile:
+class NoReconcile(ControllerBase):
     name: ClassVar[str] = "no-reconcile-controller"
     aliases: ClassVar[tuple[str, ...]] = ()
     primary: ClassVar[ResourceType] = CONFIGMAPS
@@ -176,7 +176,7 @@ def test_runtime_check_covers_the_whole_protocol() -> None:
     """The entry-point check and the Controller protocol list the same members."""
     declared = set(Controller.__annotations__)
     assert set(external.ATTRIBUTES) == declared
-    methods = {name for name in vars(Controller) if name in ("requests_for", "reconcile")}
+    methods = {name for name in vars(Controller) if name in ("requests_for", "reconcile", "forget")}
     assert set(external.METHODS) == methods
 
 
@@ -400,13 +400,13 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from bus.subjects import ResourceType
-from reconcilers.controller import Context, Controller, Request, Result, Scope
+from reconcilers.controller import Context, Controller, ControllerBase, Request, Result, Scope
 from reconcilers.registry import controller_class
 
 CONFIGMAPS = ResourceType("", "v1", "configmaps")
 
 
-class Good:
+class Good(ControllerBase):
     name: ClassVar[str] = "good-controller"
     aliases: ClassVar[tuple[str, ...]] = ()
     primary: ClassVar[ResourceType] = CONFIGMAPS
@@ -427,7 +427,7 @@ class Good:
         return Result()
 
 
-class NoReconcile:
+class NoReconcile(ControllerBase):
     name: ClassVar[str] = "no-reconcile-controller"
     aliases: ClassVar[tuple[str, ...]] = ()
     primary: ClassVar[ResourceType] = CONFIGMAPS
@@ -445,7 +445,7 @@ class NoReconcile:
         return ()
 
 
-class ReadsStrings:
+class ReadsStrings(ControllerBase):
     name: ClassVar[str] = "reads-strings-controller"
     aliases: ClassVar[tuple[str, ...]] = ()
     primary: ClassVar[ResourceType] = CONFIGMAPS

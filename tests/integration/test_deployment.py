@@ -321,7 +321,7 @@ def test_an_unknown_controller_name_fails_the_cli_clearly(stack_env: dict[str, s
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "kubus reconciler: error: --controllers: 'deploymnt' is not in the list of known "
+        'kubus reconciler: error: --controllers: "deploymnt" is not in the list of known '
         "controllers"
     )
 

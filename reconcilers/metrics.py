@@ -38,3 +38,8 @@ EVENT_LATENCY = Histogram(
     ["controller"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+LEADER = Gauge(
+    "kubus_reconciler_leader",
+    "1 while this process leads a global controller of its pool, else 0.",
+    ["controller"],
+)

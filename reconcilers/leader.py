@@ -101,7 +101,8 @@ class LeaderElection:
         seen = seat.lease.holder_seen
         return None if seen == self.member else seen
 
-    def leaders(self) -> dict[str, str | None]:
+    def who_leads(self) -> dict[str, str | None]:
+        """controller -> its leader as this member knows it (see :meth:`leader`)."""
         return {name: self.leader(name) for name in self._seats}
 
     @property

@@ -25,12 +25,15 @@ from typing import Any
 
 import nats
 import pytest
+from prometheus_client import REGISTRY
 
 from bus.streams import ensure_bucket
 from kubus.devstack.process import spawn, tail
+from reconcilers.leader import LeaderElection
 from reconcilers.lease import LeaseTiming
 from tests.support.elector import PREFIX
 from tests.support.nats_server import NatsServer
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -320,3 +323,109 @@ def test_a_leader_cut_off_from_nats_fences_itself_before_its_lease_can_expire(
     print("leadership resumed after the thaw (s):", resumed, "by", after, "before", before)
     assert all(r <= TIMING.lease_duration + TIMING.retry_period + SLACK for r in resumed.values())
     pool.assert_one_leader_at_a_time()
+
+
+# --- in one process: what the manager reads (is_leader, leader, the metric), and the order ----
+
+
+def test_a_hand_back_stops_the_work_before_the_key_goes_and_others_see_who_leads(
+    tmp_path: Path,
+) -> None:
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+
+        async def scenario() -> None:
+            connection = await nats.connect(server.url())
+            kv = await ensure_bucket(
+                connection.jetstream(), BUCKET, ttl_seconds=TIMING.lease_duration
+            )
+            seen_at_stop: list[str] = []
+
+            async def started(_name: str) -> None:
+                return None
+
+            async def stopped(name: str) -> None:
+                # Stop first: the key still names this member while its work stops.
+                seen_at_stop.append(((await kv.get(name)).value or b"").decode())
+
+            def election(member: str) -> LeaderElection:
+                return LeaderElection(
+                    member=member,
+                    leaders=kv,
+                    controllers=["x"],
+                    timing=TIMING,
+                    on_started_leading=started,
+                    on_stopped_leading=stopped,
+                )
+
+            a, b = election("a"), election("b")
+            a_run = asyncio.create_task(a.run())
+            b_run: asyncio.Task[None] | None = None
+            try:
+                await wait_until(lambda: a.is_leader("x"), within=5, what="a leading")
+                assert _leader_metric("x") == 1
+                assert a.leader("x") == "a" and a.who_leads() == {"x": "a"}
+                b_run = asyncio.create_task(b.run())
+                await wait_until(lambda: b.settled, within=5, what="b looked at the key")
+                assert not b.is_leader("x") and b.leader("x") == "a"
+                a_run.cancel()
+                await asyncio.gather(a_run, return_exceptions=True)
+                handed_back_at = time.monotonic()
+                assert seen_at_stop == ["a"]
+                assert not a.is_leader("x") and _leader_metric("x") == 0
+                await wait_until(lambda: b.is_leader("x"), within=5, what="b leading")
+                assert time.monotonic() - handed_back_at <= TIMING.retry_period + 0.5
+                assert _leader_metric("x") == 1
+            finally:
+                for run in (a_run, b_run):
+                    if run is not None:
+                        run.cancel()
+                        await asyncio.gather(run, return_exceptions=True)
+                await connection.close()
+
+        asyncio.run(scenario())
+
+
+def test_a_leader_whose_start_fails_hands_back_and_campaigns_again(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+
+        async def scenario() -> None:
+            connection = await nats.connect(server.url())
+            kv = await ensure_bucket(
+                connection.jetstream(), BUCKET, ttl_seconds=TIMING.lease_duration
+            )
+            calls: list[str] = []
+
+            async def started(_name: str) -> None:
+                calls.append("start")
+                if calls.count("start") == 1:
+                    raise RuntimeError("cache not ready")
+
+            async def stopped(_name: str) -> None:
+                calls.append("stop")
+
+            election = LeaderElection(
+                member="a",
+                leaders=kv,
+                controllers=["x"],
+                timing=TIMING,
+                on_started_leading=started,
+                on_stopped_leading=stopped,
+            )
+            run = asyncio.create_task(election.run())
+            try:
+                await wait_until(
+                    lambda: calls == ["start", "stop", "start"] and election.is_leader("x"),
+                    within=5,
+                    what="a second, successful term",
+                )
+            finally:
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                await connection.close()
+            assert calls == ["start", "stop", "start", "stop"]
+
+        asyncio.run(scenario())
+
+
+def _leader_metric(controller: str) -> float | None:
+    return REGISTRY.get_sample_value("kubus_reconciler_leader", {"controller": controller})

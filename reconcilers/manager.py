@@ -496,7 +496,6 @@ class Manager:
             return follower
 
         state.running = self._supervise(f"{name} cache", make)
-        metrics.LEADER.labels(name).set(1)
         log.info("%s: leading; replaying its cache", name)
 
     async def _stop_leading(self, name: str) -> None:
@@ -509,7 +508,6 @@ class Manager:
         state.cache.clear()
         state.follower = None
         self._controllers[name].forget(lambda _request: True)
-        metrics.LEADER.labels(name).set(0)
         log.info("%s: no longer leading", name)
 
     def _enqueue_global(
@@ -529,6 +527,8 @@ class Manager:
             return "cluster-scoped cache not replayed yet"
         if self._ownership is None or not self._ownership.live_members:
             return "partition ownership not settled yet"
+        if self._election is not None and not self._election.settled:
+            return "leader election of the global controllers not settled yet"
         problems = []
         down = [p for p, running in sorted(self._partitions.items()) if not _replayed(running)]
         if down:

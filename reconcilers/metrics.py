@@ -85,6 +85,6 @@ RUNNER_RESTARTS = Counter(
 )
 LEADER = Gauge(
     "kubus_reconciler_leader",
-    "1 while this process leads the global controller, else 0.",
+    "1 while this process leads a global controller of its pool, else 0.",
     ["controller"],
 )

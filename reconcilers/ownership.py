@@ -13,8 +13,10 @@ Every ``retry_period`` a member:
    lease it should no longer hold is released (work stopped first, then the key deleted);
 4. tries to create the lease of every partition it should own and does not hold yet.
 
-Fencing: a lease that has not been renewed for ``renew_deadline`` is given up *before* its TTL
-can expire, so the next owner never starts while this one still works on the partition.
+Each partition's lease is a :class:`reconcilers.lease.Lease` (compare-and-set writes, a fence
+that gives the lease up at the renew deadline, before its TTL can expire), so the next owner
+never starts while this one still works on the partition. A partition whose work is being
+stopped (handed back, fenced or taken over) is not claimed again until the stop has finished.
 Writes still carry resourceVersion preconditions, so even a brief overlap is harmless.
 """
 
@@ -22,38 +24,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
+
+from reconcilers.lease import Lease, LeaseTiming, Renewal
 
 __all__ = ["LeaseTiming", "PartitionOwnership", "rendezvous_owner"]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[int], Coroutine[Any, Any, None]]
-
-
-@dataclass(frozen=True)
-class LeaseTiming:
-    """As kube-controller-manager's leader election flags, per partition."""
-
-    lease_duration: float = 10.0
-    renew_deadline: float = 7.0
-    retry_period: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ValueError(
-                "partition leases need retry period < renew deadline < lease duration, got "
-                f"{self.retry_period}s, {self.renew_deadline}s, {self.lease_duration}s"
-            )
 
 
 def rendezvous_owner(partition: int, members: Iterable[str]) -> str | None:
@@ -64,12 +52,6 @@ def rendezvous_owner(partition: int, members: Iterable[str]) -> str | None:
         if best is None or score > best[0]:
             best = (score, member)
     return None if best is None else best[1]
-
-
-@dataclass
-class _Lease:
-    revision: int
-    fence: asyncio.TimerHandle
 
 
 class PartitionOwnership:
@@ -86,14 +68,23 @@ class PartitionOwnership:
     ) -> None:
         self.member = member
         self._members = members
-        self._leases = leases
         self._partitions = partitions
         self._timing = timing
         self._on_acquired = on_acquired
         self._on_lost = on_lost
-        self._held: dict[int, _Lease] = {}
+        self._leases = {
+            partition: Lease(
+                leases,
+                _lease_key(partition),
+                holder=member,
+                timing=timing,
+                on_fenced=functools.partial(self._fence, partition),
+            )
+            for partition in range(partitions)
+        }
+        self._held: set[int] = set()  # leased and worked on
+        self._stopping: set[int] = set()  # work being stopped: not claimed again until it has
         self._tasks: set[asyncio.Task[None]] = set()
-        self._releasing: set[int] = set()
         self.live_members: list[str] = []
 
     @property
@@ -114,7 +105,10 @@ class PartitionOwnership:
 
     async def release_all(self) -> None:
         """Stop work on every partition, then hand the leases back (SIGTERM, shutdown)."""
-        await asyncio.gather(*(self._release(p) for p in sorted(self._held)))
+        handing_back = sorted(self._held)
+        self._held.clear()
+        self._stopping.update(handing_back)
+        await asyncio.gather(*(self._hand_back(p) for p in handing_back))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(NatsError, TimeoutError):
@@ -135,24 +129,27 @@ class PartitionOwnership:
         wanted = {p for p in range(self._partitions) if rendezvous_owner(p, members) == self.member}
         # Renewals first and together: a round must never delay them past the renew deadline.
         await asyncio.gather(*(self._renew(p) for p in sorted(self._held) if p in wanted))
-        # A release waits for the partition's in-flight reconciles (seconds, at worst): in the
+        # A hand-back waits for the partition's in-flight reconciles (seconds, at worst): in the
         # background, so the next round's renewals are not held up behind it.
-        for partition in sorted(set(self._held) - wanted):
-            lease = self._held.pop(partition)
-            self._spawn(self._release_held(partition, lease))
-        for partition in sorted(wanted - set(self._held) - self._releasing):
+        for partition in sorted(self._held - wanted):
+            self._held.discard(partition)
+            self._stopping.add(partition)
+            self._spawn(self._hand_back(partition))
+        for partition in sorted(wanted - self._held - self._stopping):
             await self._acquire(partition)
 
     def _fence(self, partition: int) -> None:
         """The lease was not renewed within the renew deadline: stop before it can expire."""
-        if self._held.pop(partition, None) is None:
+        if partition not in self._held:
             return
+        self._held.discard(partition)
         log.error(
             "partition %d: lease not renewed within %.0fs; stopping work on it",
             partition,
             self._timing.renew_deadline,
         )
-        self._spawn(self._on_lost(partition))
+        self._stopping.add(partition)
+        self._spawn(self._stop_work(partition))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -164,65 +161,36 @@ class PartitionOwnership:
         if not task.cancelled() and task.exception() is not None:
             log.error("stopping work on a partition failed", exc_info=task.exception())
 
-    def _fence_timer(self, partition: int) -> asyncio.TimerHandle:
-        loop = asyncio.get_running_loop()
-        return loop.call_later(self._timing.renew_deadline, self._fence, partition)
-
     async def _acquire(self, partition: int) -> None:
-        try:
-            revision = await self._leases.create(_lease_key(partition), self.member.encode())
-        except KeyWrongLastSequenceError:
+        if not await self._leases[partition].acquire():
             return  # held by another member until it releases or its lease expires
-        except (NatsError, TimeoutError) as error:
-            if "key exists" in str(error).lower() or "wrong last sequence" in str(error).lower():
-                return
-            log.warning("partition %d: cannot create lease: %s", partition, error)
-            return
-        self._held[partition] = _Lease(revision, self._fence_timer(partition))
+        self._held.add(partition)
         log.info("partition %d: acquired", partition)
         await self._on_acquired(partition)
 
     async def _renew(self, partition: int) -> None:
-        lease = self._held.get(partition)
-        if lease is None:
-            return  # fenced meanwhile
+        if await self._leases[partition].renew() is not Renewal.LOST:
+            return  # renewed, fenced meanwhile (that stopped the work), or not reachable yet
+        if partition not in self._held:
+            return
+        log.error("partition %d: lease taken over; stopping work on it", partition)
+        self._held.discard(partition)
+        self._stopping.add(partition)
+        await self._stop_work(partition)
+
+    async def _stop_work(self, partition: int) -> None:
         try:
-            revision = await self._leases.update(
-                _lease_key(partition), self.member.encode(), last=lease.revision
-            )
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            if self._held.get(partition) is not lease:
-                return  # fenced while the renewal was on its way; that stopped the work
-            log.error("partition %d: lease taken over; stopping work on it", partition)
-            lease.fence.cancel()
-            del self._held[partition]
             await self._on_lost(partition)
-            return
-        except (NatsError, TimeoutError) as error:
-            log.warning("partition %d: cannot renew lease yet: %s", partition, error)
-            return
-        if self._held.get(partition) is not lease:
-            return  # fenced while the renewal was on its way
-        lease.revision = revision
-        lease.fence.cancel()
-        lease.fence = self._fence_timer(partition)
+        finally:
+            self._stopping.discard(partition)
 
-    async def _release(self, partition: int) -> None:
-        lease = self._held.pop(partition, None)
-        if lease is not None:
-            await self._release_held(partition, lease)
-
-    async def _release_held(self, partition: int, lease: _Lease) -> None:
+    async def _hand_back(self, partition: int) -> None:
         """Stop the work (the lease keeps others off meanwhile), then delete the lease."""
-        self._releasing.add(partition)
         try:
-            lease.fence.cancel()
-            await self._on_lost(partition)
-            with contextlib.suppress(NatsError, TimeoutError):  # else it expires by itself
-                await self._leases.delete(_lease_key(partition), last=lease.revision)
+            await self._leases[partition].release(functools.partial(self._on_lost, partition))
             log.info("partition %d: released", partition)
         finally:
-            self._releasing.discard(partition)
+            self._stopping.discard(partition)
 
     @property
     def _member_key(self) -> str:

@@ -1,16 +1,24 @@
-"""Partition leases in a real NATS KV: hand-over when a member joins, without fencing itself."""
+"""Partition leases in a real NATS KV: hand-over when a member joins, without fencing itself;
+and the single fenced lease they are made of, through its subtle cases."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.kv import KeyValue
 
 from bus.streams import ensure_bucket
+from reconcilers.lease import Lease, Renewal
 from reconcilers.ownership import LeaseTiming, PartitionOwnership, rendezvous_owner
+from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +90,245 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
                 await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+# --- one fenced lease (reconcilers.lease), against a nats-server of the test's own ----------
+
+
+async def _kv(
+    url: str, *, request_timeout: float = 5.0, **options: Any
+) -> tuple[NatsClient, KeyValue]:
+    """A connection and the test's lease bucket; ``request_timeout`` bounds each JetStream
+    request."""
+    connection = await nats.connect(url, **options)
+    js = connection.jetstream(timeout=request_timeout)
+    return connection, await ensure_bucket(js, "t-leases", ttl_seconds=TIMING.lease_duration)
+
+
+def _lease(kv: KeyValue, holder: str, fenced: asyncio.Event | None = None) -> Lease:
+    return Lease(
+        kv,
+        "p000",
+        holder=holder,
+        timing=TIMING,
+        on_fenced=(fenced or asyncio.Event()).set,
+    )
+
+
+def test_a_renewal_answered_after_the_fence_leaves_the_lease_given_up_but_adoptable(
+    tmp_path: Path,
+) -> None:
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+
+        async def scenario() -> None:
+            connection, kv = await _kv(server.url())
+            fenced = asyncio.Event()
+            a, b = _lease(kv, "a", fenced), _lease(kv, "b")
+            try:
+                assert await a.acquire()
+                server.pause()
+                renewal = asyncio.create_task(a.renew())
+                async with asyncio.timeout(TIMING.renew_deadline + 1):
+                    await fenced.wait()
+                assert not a.held
+                server.resume()
+                # The server stores the renewal after all, but the fence has spoken.
+                assert await renewal is Renewal.FENCED
+                assert not a.held
+                # The key names a, renewed: nobody else may take it...
+                assert not await b.acquire()
+                assert b.holder_seen == "a"
+                # ...and a, once its work has stopped, takes it back without waiting for the TTL.
+                assert await a.acquire()
+                assert await a.renew() is Renewal.RENEWED
+            finally:
+                await connection.close()
+
+        asyncio.run(scenario())
+
+
+def test_a_lease_taken_over_is_lost_at_the_next_renewal_and_not_fenced_later(
+    tmp_path: Path,
+) -> None:
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+
+        async def scenario() -> None:
+            connection, kv = await _kv(server.url())
+            fenced = asyncio.Event()
+            a, b = _lease(kv, "a", fenced), _lease(kv, "b")
+            try:
+                assert await a.acquire()
+                assert not await b.acquire()
+                await kv.delete("p000")  # as after an expiry: the key is free for the taking
+                assert await b.acquire()
+                assert await a.renew() is Renewal.LOST
+                assert not a.held
+                assert not await a.acquire(), "b holds it now"
+                assert a.holder_seen == "b"
+                # a's fence was disarmed with the loss: past its deadline it has not fired (it
+                # would stop the work twice), while b, renewing, holds on.
+                deadline = time.monotonic() + TIMING.renew_deadline + 0.5
+                while time.monotonic() < deadline:
+                    assert await b.renew() is Renewal.RENEWED
+                    await asyncio.sleep(TIMING.retry_period)
+                assert not fenced.is_set()
+            finally:
+                await connection.close()
+
+        asyncio.run(scenario())
+
+
+def test_nats_down_for_less_than_the_renew_deadline_costs_no_lease(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+
+        async def scenario() -> None:
+            connection, kv = await _kv(
+                server.url(),
+                request_timeout=1.0,
+                reconnect_time_wait=0.1,
+                max_reconnect_attempts=-1,
+            )
+            fenced = asyncio.Event()
+            a, b = _lease(kv, "a", fenced), _lease(kv, "b")
+            outcomes: list[Renewal] = []
+            try:
+                assert await a.acquire()
+                down_at = time.monotonic()
+                server.stop(kill=True)
+                restart = asyncio.create_task(asyncio.to_thread(server.start))
+                async with asyncio.timeout(TIMING.renew_deadline):
+                    while not (restart.done() and outcomes[-1:] == [Renewal.RENEWED]):
+                        outcomes.append(await a.renew())
+                        await asyncio.sleep(TIMING.retry_period)
+                await restart
+                print(f"outage of {time.monotonic() - down_at:.1f}s, renewals: {outcomes}")
+                assert Renewal.UNREACHABLE in outcomes, "the outage was not noticed"
+                assert Renewal.LOST not in outcomes and Renewal.FENCED not in outcomes
+                assert a.held and not fenced.is_set()
+                assert not await b.acquire()
+                assert b.holder_seen == "a"
+            finally:
+                await connection.close()
+
+        asyncio.run(scenario())
+
+
+def test_a_renewal_cancelled_on_its_way_still_counts_when_it_lands(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+
+        async def scenario() -> None:
+            connection, kv = await _kv(server.url())
+            a, b = _lease(kv, "a"), _lease(kv, "b")
+            try:
+                assert await a.acquire()
+                before = (await kv.get("p000")).revision
+                server.pause()
+                renewal = asyncio.create_task(a.renew())
+                await asyncio.sleep(0.2)  # lets the client write the request out
+                renewal.cancel()
+                await asyncio.gather(renewal, return_exceptions=True)
+                server.resume()
+
+                async def landed() -> None:
+                    while (await kv.get("p000")).revision == before:  # noqa: ASYNC110 - no event
+                        await asyncio.sleep(0.02)
+
+                await asyncio.wait_for(landed(), timeout=5)
+                # a's next renewal names a revision that is no longer the key's: it recognizes
+                # its own write and carries on instead of giving the lease up.
+                assert await a.renew() is Renewal.RENEWED
+                assert not await b.acquire()
+                await a.release(_nothing)
+                assert await b.acquire(), "released: the key is free at once"
+            finally:
+                await connection.close()
+
+        asyncio.run(scenario())
+
+
+def test_a_release_keeps_the_lease_through_a_slow_stop_then_frees_it_at_once(
+    tmp_path: Path,
+) -> None:
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+
+        async def scenario() -> None:
+            connection, kv = await _kv(server.url())
+            fenced = asyncio.Event()
+            a, b = _lease(kv, "a", fenced), _lease(kv, "b")
+            stopping, stopped = asyncio.Event(), asyncio.Event()
+
+            async def stop() -> None:
+                stopping.set()
+                await asyncio.sleep(TIMING.lease_duration + 1)  # longer than the TTL
+                stopped.set()
+
+            try:
+                assert await a.acquire()
+                release = asyncio.create_task(a.release(stop))
+                await stopping.wait()
+                tries = 0
+                while not stopped.is_set():
+                    assert not await b.acquire(), "taken while a still stops its work"
+                    tries += 1
+                    await asyncio.sleep(TIMING.retry_period)
+                await release
+                assert tries >= 8
+                assert await b.acquire(), "released: the key is free at once, not at its TTL"
+                assert not fenced.is_set(), "a stop in progress is not fenced"
+            finally:
+                await connection.close()
+
+        asyncio.run(scenario())
+
+
+def test_a_fenced_partition_is_not_claimed_again_before_its_work_has_stopped(
+    tmp_path: Path,
+) -> None:
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+
+        async def scenario() -> None:
+            connection = await nats.connect(server.url())
+            js = connection.jetstream()
+            members = await ensure_bucket(js, "t-members", ttl_seconds=TIMING.lease_duration)
+            leases = await ensure_bucket(js, "t-leases", ttl_seconds=TIMING.lease_duration)
+            log: list[tuple[str, int, float]] = []
+
+            async def acquired(partition: int) -> None:
+                log.append(("acquired", partition, time.monotonic()))
+
+            async def on_lost(partition: int) -> None:
+                log.append(("stopping", partition, time.monotonic()))
+                await asyncio.sleep(2.0)  # in-flight reconciles finishing
+                log.append(("stopped", partition, time.monotonic()))
+
+            ownership = PartitionOwnership(
+                member="a",
+                members=members,
+                leases=leases,
+                partitions=2,
+                timing=TIMING,
+                on_acquired=acquired,
+                on_lost=on_lost,
+            )
+            run = asyncio.create_task(ownership.run())
+            try:
+                await _until(lambda: ownership.owned == {0, 1}, "a owns both partitions")
+                server.pause()
+                await _until(lambda: not ownership.owned, "a fences both partitions")
+                server.resume()  # the keys still name a: it could take them back at once
+                await _until(lambda: ownership.owned == {0, 1}, "a owns both again")
+            finally:
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                await connection.close()
+            for partition in (0, 1):
+                events = [(what, at) for what, p, at in log if p == partition]
+                kinds = [what for what, _at in events]
+                assert kinds[:4] == ["acquired", "stopping", "stopped", "acquired"], kinds
+                assert events[3][1] >= events[2][1], "claimed again while still stopping"
+
+        asyncio.run(scenario())
+
+
+async def _nothing() -> None:
+    return None

@@ -14,10 +14,9 @@ from typing import Any
 
 from bus.envelope import Envelope, resource_version_number
 from bus.subjects import ObjectRef, ResourceType
+from reconcilers.kinds import Object
 
 __all__ = ["ObjectCache", "controller_of"]
-
-Object = dict[str, Any]
 
 
 def controller_of(obj: Object) -> dict[str, Any] | None:

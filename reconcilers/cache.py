@@ -14,14 +14,13 @@ from typing import Any
 
 from bus.envelope import Envelope, resource_version_number
 from bus.subjects import ObjectRef, ResourceType
+from reconcilers.kinds import Object
 
 __all__ = ["CLUSTER", "ObjectCache", "controller_of"]
 
 # The partition label of objects every process caches whatever it owns (cluster-scoped kinds,
 # a global controller's full cache): dropping a partition never drops them.
 CLUSTER = -1
-
-Object = dict[str, Any]
 
 
 def controller_of(obj: Object) -> dict[str, Any] | None:

@@ -38,6 +38,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Final
 
+from reconcilers.kinds import Object
+
 __all__ = ["compute_hash", "dump_for_hash", "parse_quantity", "quantity_wire_string"]
 
 _SAFE_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"
@@ -54,7 +56,7 @@ Printer = Callable[[Any, list[str]], None]
 # Hash
 
 
-def compute_hash(template: dict[str, Any], collision_count: int | None) -> str:
+def compute_hash(template: Object, collision_count: int | None) -> str:
     """controller.ComputeHash of a PodTemplateSpec given as apiserver JSON."""
     value = _fnv_of_dump(dump_for_hash(template))
     if collision_count is not None:
@@ -94,7 +96,7 @@ def _fnv1a(data: bytes, value: int = _FNV_OFFSET) -> int:
     return value
 
 
-def dump_for_hash(template: dict[str, Any]) -> str:
+def dump_for_hash(template: Object) -> str:
     """``dump.ForHash(*template)`` as kcm computes it (see the module docstring)."""
     schema = _schema()
     out: list[str] = ["(", schema.root, ")"]

@@ -7,6 +7,8 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+from reconcilers.kinds import Object
+
 __all__ = [
     "deletion_order",
     "is_available",
@@ -17,7 +19,6 @@ __all__ = [
     "ready_since",
 ]
 
-Object = dict[str, Any]
 _PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 _DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 

@@ -24,10 +24,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final
 
 from bus.subjects import ResourceType
-from kubus.kube import ConflictError, InvalidError, KubeApiError, NotFoundError
+from kubus.kube import ConflictError, KubeApiError, NotFoundError
 from reconcilers.cache import controller_of
 from reconcilers.controller import Context, ControllerBase, Permission, Request, Result, Scope
-from reconcilers.controllers.ownerrefs import controller_ref, recheck_owner
 from reconcilers.controllers.podutil import (
     deletion_order,
     is_available,
@@ -37,21 +36,21 @@ from reconcilers.controllers.podutil import (
     next_availability_check,
 )
 from reconcilers.expectations import Expectations
+from reconcilers.kinds import EVENTS, PODS, REPLICASETS, Object
+from reconcilers.refmanager import (
+    ControllerRefManager,
+    controller_ref,
+    resolve_controller_ref,
+    selecting_owners,
+)
 from reconcilers.selectors import InvalidSelectorError, Selector
 
-__all__ = ["REPLICASETS", "ReplicaSetController"]
+__all__ = ["ReplicaSetController"]
 
 log = logging.getLogger(__name__)
 
-REPLICASETS: Final = ResourceType("apps", "v1", "replicasets")
-PODS: Final = ResourceType("", "v1", "pods")
 BURST_REPLICAS: Final = 500
 COMPONENT: Final = "replicaset-controller"
-
-Object = dict[str, Any]
-
-
-EVENTS: Final = ResourceType("", "v1", "events")
 
 
 class ReplicaSetController(ControllerBase):
@@ -140,27 +139,10 @@ class ReplicaSetController(ControllerBase):
         return [Request.of(owner)]
 
     def _owner_of(self, pod: Object) -> Object | None:
-        ref = controller_of(pod)
-        if ref is None or ref.get("kind") != "ReplicaSet":
-            return None
-        rs = self._ctx.cache.get(REPLICASETS, pod["metadata"].get("namespace"), ref["name"])
-        if rs is None or rs["metadata"].get("uid") != ref.get("uid"):
-            return None
-        return rs
+        return resolve_controller_ref(self._ctx.cache, REPLICASETS, "ReplicaSet", pod)
 
     def _matching_replicasets(self, pod: Object) -> list[Object]:
-        labels = pod["metadata"].get("labels")
-        if not labels:
-            return []
-        matching = []
-        for rs in self._ctx.cache.in_namespace(REPLICASETS, pod["metadata"].get("namespace")):
-            try:
-                selector = Selector.parse(rs.get("spec", {}).get("selector"))
-            except InvalidSelectorError:
-                continue
-            if not selector.empty and selector.matches(labels):
-                matching.append(rs)
-        return matching
+        return selecting_owners(self._ctx.cache, REPLICASETS, pod)
 
     # --- sync ---------------------------------------------------------------------------
 
@@ -183,7 +165,14 @@ class ReplicaSetController(ControllerBase):
             for pod in self._ctx.cache.in_namespace(PODS, namespace)
             if controller_of(pod) is None
         ]
-        active = await self._claim_pods(rs, selector, [p for p in candidates if is_pod_active(p)])
+        claims = ControllerRefManager(
+            self._ctx.kube,
+            rs,
+            owner_api=self._ctx.apis[REPLICASETS],
+            child_api=self._ctx.apis[PODS],
+            selector=selector,
+        )
+        active = await claims.claim_pods(p for p in candidates if is_pod_active(p))
         terminating = [
             p
             for p in candidates
@@ -209,89 +198,6 @@ class ReplicaSetController(ControllerBase):
             after = next_availability_check(active, min_ready, now)
             return Result(requeue_after=after if after is not None else float(min_ready))
         return Result()
-
-    async def _claim_pods(self, rs: Object, selector: Selector, pods: list[Object]) -> list[Object]:
-        claimed: list[Object] = []
-        uid = rs["metadata"]["uid"]
-        deleting = bool(rs["metadata"].get("deletionTimestamp"))
-        can_adopt: Exception | bool | None = False  # False: not checked yet
-        errors: list[Exception] = []
-        for pod in pods:
-            labels = pod["metadata"].get("labels")
-            ref = controller_of(pod)
-            if ref is not None:
-                if ref.get("uid") != uid:
-                    continue
-                if selector.matches(labels):
-                    claimed.append(pod)
-                elif not deleting:
-                    await self._release(rs, pod, errors)
-                continue
-            if deleting or selector.empty or not selector.matches(labels):
-                continue
-            if pod["metadata"].get("deletionTimestamp"):
-                continue
-            if can_adopt is False:
-                can_adopt = await recheck_owner(self._ctx.kube, self._ctx.apis[REPLICASETS], rs)
-            if isinstance(can_adopt, Exception):
-                meta = pod["metadata"]
-                errors.append(
-                    KubeApiError(
-                        0,
-                        "CannotAdopt",
-                        (
-                            f"can't adopt Pod {meta['namespace']}/{meta['name']} ({meta['uid']}): "
-                            f"{can_adopt}"
-                        ),
-                    )
-                )
-                continue
-            if await self._adopt(rs, pod, errors):
-                claimed.append(pod)
-        if errors:
-            raise errors[0]
-        return claimed
-
-    async def _adopt(self, rs: Object, pod: Object, errors: list[Exception]) -> bool:
-        patch = {
-            "metadata": {
-                "ownerReferences": [controller_ref(rs, api_version="apps/v1", kind="ReplicaSet")],
-                "uid": pod["metadata"]["uid"],
-            }
-        }
-        try:
-            await self._patch_pod(pod, patch)
-        except NotFoundError:
-            return False
-        except KubeApiError as error:
-            errors.append(error)
-            return False
-        return True
-
-    async def _release(self, rs: Object, pod: Object, errors: list[Exception]) -> None:
-        patch = {
-            "metadata": {
-                "uid": pod["metadata"]["uid"],
-                "ownerReferences": [{"$patch": "delete", "uid": rs["metadata"]["uid"]}],
-            }
-        }
-        try:
-            await self._patch_pod(pod, patch)
-        except (NotFoundError, InvalidError):
-            pass
-        except KubeApiError as error:
-            errors.append(error)
-
-    async def _patch_pod(self, pod: Object, patch: Object) -> None:
-        """A strategic-merge patch whose ``metadata.uid`` makes it a precondition."""
-        meta = pod["metadata"]
-        await self._ctx.kube.patch(
-            self._ctx.apis[PODS],
-            meta["namespace"],
-            meta["name"],
-            patch,
-            patch_type="strategic",
-        )
 
     async def _manage_replicas(self, active: list[Object], rs: Object) -> None:
         key = Request.of(rs).key
@@ -363,7 +269,7 @@ class ReplicaSetController(ControllerBase):
         metadata: dict[str, Any] = {
             "generateName": f"{rs['metadata']['name']}-",
             "labels": labels,
-            "ownerReferences": [controller_ref(rs, api_version="apps/v1", kind="ReplicaSet")],
+            "ownerReferences": [controller_ref(rs, self._ctx.apis[REPLICASETS])],
         }
         for field in ("annotations", "finalizers"):
             if template_meta.get(field):

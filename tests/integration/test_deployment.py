@@ -448,3 +448,62 @@ def test_the_deprecated_rollback_annotation_rolls_back_and_is_cleared(
     assert done.type == "Normal"
     assert done.message == 'Rolled back deployment "web" to revision 1'
     assert len(replicasets_of(apps, namespace, "web")) == 2
+
+
+def test_a_matching_orphan_replicaset_is_adopted_and_released_once_it_stops_matching(
+    kube: Any, namespace: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    template = deployment("web", 2)["spec"]["template"]
+    orphan = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "web-orphan", "labels": {"app": "web"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+    }
+    with kubus_pool(stack_env, tmp_path):
+        apps.create_namespaced_replica_set(namespace, orphan)
+        # Its pod made and counted: kubus's cache holds the orphan before the Deployment comes
+        # (the two kinds are watched apart, so their order on the bus is not otherwise given).
+        wait_for(
+            lambda: (
+                (apps.read_namespaced_replica_set("web-orphan", namespace).status.replicas) == 1
+            ),
+            timeout=60,
+            what="the orphan ReplicaSet's pod",
+        )
+        created = apps.create_namespaced_deployment(namespace, deployment("web", 2))
+        d = wait_for(lambda: complete(apps, namespace, "web"), timeout=60, what="the rollout")
+        # The orphan's template is the Deployment's: adopted, it is the new ReplicaSet, and no
+        # other one is made.
+        (adopted,) = replicasets_of(apps, namespace, "web")
+        assert adopted.metadata.name == "web-orphan"
+        (ref,) = adopted.metadata.owner_references
+        assert (ref.kind, ref.name, ref.uid, ref.controller, ref.block_owner_deletion) == (
+            "Deployment",
+            "web",
+            created.metadata.uid,
+            True,
+            True,
+        )
+        assert adopted.spec.replicas == 2
+        assert d.status.updated_replicas == 2
+
+        # Labelled out of the selector, it is let go; the Deployment makes its own again.
+        apps.patch_namespaced_replica_set(
+            "web-orphan", namespace, {"metadata": {"labels": {"app": "released"}}}
+        )
+
+        def released() -> Any:
+            rs = apps.read_namespaced_replica_set("web-orphan", namespace)
+            mine = replicasets_of(apps, namespace, "web")
+            return rs if not rs.metadata.owner_references and len(mine) == 1 else None
+
+        let_go = wait_for(released, timeout=60, what="the ReplicaSet released, a new one made")
+        wait_for(lambda: complete(apps, namespace, "web"), timeout=60, what="the new rollout")
+    (new,) = replicasets_of(apps, namespace, "web")
+    assert new.metadata.name.startswith("web-") and new.metadata.name != "web-orphan"
+    assert let_go.spec.replicas == 2, "a released ReplicaSet is left as it was"
+    pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
+    owners = {ref.name for pod in pods for ref in pod.metadata.owner_references or []}
+    assert owners == {"web-orphan", new.metadata.name}

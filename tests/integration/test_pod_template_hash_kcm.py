@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kubus.devstack import Binaries, default_cache_dir
-from reconcilers.controllers.deploymentutil import compute_hash
+from reconcilers.controllers.deployment.util import compute_hash
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration

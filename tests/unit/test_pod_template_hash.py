@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from reconcilers.controllers import deploymentutil, podtemplatehash
+from reconcilers.controllers import podtemplatehash
+from reconcilers.controllers.deployment import util as deploymentutil
 from reconcilers.controllers.podtemplatehash import (
     compute_hash,
     dump_for_hash,

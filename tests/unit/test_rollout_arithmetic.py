@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reconcilers.controllers import deploymentutil as util
+from reconcilers.controllers.deployment import util
 from reconcilers.controllers.podutil import deletion_order, is_available
 
 NOW = datetime.datetime(2026, 11, 22, 12, 0, 0, tzinfo=datetime.UTC)

@@ -1,4 +1,9 @@
-"""Deployment arithmetic and bookkeeping (deployment/util): pure functions on API objects."""
+"""Deployment arithmetic and bookkeeping (upstream's deployment/util): pure functions on objects.
+
+Rollout arithmetic (maxSurge, maxUnavailable, proportions), revisions and their annotations,
+template equality and the pod-template-hash, and the Deployment conditions with the predicates
+built on them (complete, progressing, timed out). Nothing here does I/O.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,52 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from reconcilers.controllers import podtemplatehash
+from reconcilers.controllers.podutil import parse_time
+from reconcilers.kinds import Object
 
 __all__ = [
+    "DESIRED_REPLICAS",
+    "LAST_APPLIED",
+    "MAX_INT32",
+    "MAX_REPLICAS",
+    "NOT_COPIED",
+    "POD_TEMPLATE_HASH",
+    "REVISION",
+    "REVISION_HISTORY",
+    "ROLLBACK_TO",
+    "annotations_of",
     "compute_hash",
+    "creation_key",
+    "deployment_complete",
+    "deployment_progressing",
+    "deployment_timed_out",
     "equal_ignore_hash",
+    "find_new_replicaset",
+    "get_condition",
+    "has_progress_deadline",
+    "is_recreate",
+    "is_saturated",
     "last_revision",
+    "max_revision",
     "max_surge",
     "max_unavailable",
+    "new_condition",
     "new_rs_new_replicas",
+    "now_text",
+    "proportional_sizes",
+    "remove_condition",
+    "replicas",
+    "replicaset_name",
     "resolve_fenceposts",
     "revision",
     "scaled_value",
     "set_annotations_from_replicaset",
+    "set_condition",
+    "set_deployment_revision",
     "set_from_replicaset_template",
+    "set_new_replicaset_annotations",
+    "status_sum",
 ]
-
-Object = dict[str, Any]
 
 POD_TEMPLATE_HASH: Final = "pod-template-hash"
 REVISION: Final = "deployment.kubernetes.io/revision"
@@ -37,6 +72,7 @@ NOT_COPIED: Final = frozenset(
     {LAST_APPLIED, REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS, ROLLBACK_TO}
 )
 MAX_INT32: Final = 2**31 - 1
+MAX_HISTORY_CHARS: Final = 2000
 
 
 def compute_hash(template: Object, collision_count: int | None) -> str:
@@ -274,3 +310,187 @@ def _fraction(rs: Object, deployment: Object) -> int:
     size = replicas(rs) * maximum / annotated
     rounded = int(size + 0.5) if size >= 0 else -int(-size + 0.5)  # half away from zero
     return rounded - replicas(rs)
+
+
+# --- ReplicaSets of a Deployment: names, revisions, annotations --------------------------------
+
+
+def annotations_of(obj: Object) -> dict[str, str]:
+    annotations: dict[str, str] = obj.get("metadata", {}).get("annotations") or {}
+    return annotations
+
+
+def replicaset_name(deployment: str, pod_hash: str) -> str:
+    """``<deployment>-<hash>``, the Deployment's name cut so the whole fits 253 characters."""
+    limit = 253 - 1 - len(pod_hash)
+    if len(deployment) > limit > 0:
+        deployment = deployment[:limit]
+    return f"{deployment}-{pod_hash}"
+
+
+def find_new_replicaset(d: Object, rs_list: list[Object]) -> Object | None:
+    """FindNewReplicaSet: the oldest ReplicaSet whose template equals the Deployment's."""
+    template = d["spec"]["template"]
+    for rs in sorted(rs_list, key=creation_key):
+        if equal_ignore_hash(rs["spec"]["template"], template):
+            return rs
+    return None
+
+
+def set_new_replicaset_annotations(
+    d: Object, rs: Object, new_revision: str, *, exists: bool
+) -> bool:
+    """SetNewReplicaSetAnnotations: copy the Deployment's annotations, raise the revision
+    (keeping the previous one in the history, at most 2000 characters), and on creation note the
+    replicas it was sized for; True if anything changed."""
+    rs_annotations = rs["metadata"].setdefault("annotations", {})
+    changed = False
+    for key, value in annotations_of(d).items():
+        if key in NOT_COPIED or rs_annotations.get(key, "") == value:
+            continue
+        rs_annotations[key] = value
+        changed = True
+    old_text = rs_annotations.get(REVISION)
+    try:
+        old_revision = int(old_text) if old_text else 0
+    except ValueError:
+        return False
+    new = int(new_revision)
+    if old_revision < new:
+        rs_annotations[REVISION] = new_revision
+        changed = True
+    if old_text and old_revision < new:
+        history = rs_annotations.get(REVISION_HISTORY, "")
+        if not history:
+            rs_annotations[REVISION_HISTORY] = old_text
+        else:
+            entries = history.split(",")
+            while entries and len(",".join(entries)) + len(old_text) + 1 > MAX_HISTORY_CHARS:
+                entries.pop(0)
+            if len(",".join(entries)) + len(old_text) + 1 <= MAX_HISTORY_CHARS:
+                rs_annotations[REVISION_HISTORY] = ",".join([*entries, old_text]).strip(",")
+    if not exists:
+        desired, maximum = str(replicas(d)), str(replicas(d) + max_surge(d))
+        if (
+            rs_annotations.get(DESIRED_REPLICAS) != desired
+            or rs_annotations.get(MAX_REPLICAS) != maximum
+        ):
+            rs_annotations[DESIRED_REPLICAS] = desired
+            rs_annotations[MAX_REPLICAS] = maximum
+            changed = True
+    return changed
+
+
+def set_deployment_revision(d: Object, revision_text: str) -> bool:
+    annotations = d["metadata"].setdefault("annotations", {})
+    if annotations.get(REVISION) != revision_text:
+        annotations[REVISION] = revision_text
+        return True
+    return False
+
+
+def is_saturated(d: Object, rs: Object) -> bool:
+    """IsSaturated: the new ReplicaSet holds, and has available, all the replicas wanted."""
+    desired = annotations_of(rs).get(DESIRED_REPLICAS)
+    if desired is None or not desired.isdigit():
+        return False
+    return (
+        replicas(rs) == replicas(d)
+        and int(desired) == replicas(d)
+        and int((rs.get("status") or {}).get("availableReplicas") or 0) == replicas(d)
+    )
+
+
+# --- conditions and the rollout predicates on them ---------------------------------------------
+
+
+def has_progress_deadline(d: Object) -> bool:
+    """HasProgressDeadline: unset (``MaxInt32``) turns the Progressing deadline off."""
+    deadline = d["spec"].get("progressDeadlineSeconds", 600)
+    return deadline is not None and deadline != MAX_INT32
+
+
+def get_condition(d: Object, kind: str) -> Object | None:
+    for condition in (d.get("status") or {}).get("conditions") or ():
+        if condition.get("type") == kind:
+            return dict(condition)
+    return None
+
+
+def new_condition(kind: str, status: str, reason: str, message: str) -> Object:
+    now = now_text()
+    return {
+        "type": kind,
+        "status": status,
+        "lastUpdateTime": now,
+        "lastTransitionTime": now,
+        "reason": reason,
+        "message": message,
+    }
+
+
+def set_condition(d: Object, condition: Object) -> None:
+    """SetDeploymentCondition: no change for the same status and reason; the transition time
+    stays while the status does."""
+    status = d.setdefault("status", {})
+    conditions = status.setdefault("conditions", [])
+    current = next((c for c in conditions if c.get("type") == condition["type"]), None)
+    if (
+        current is not None
+        and current.get("status") == condition["status"]
+        and current.get("reason") == condition["reason"]
+    ):
+        return
+    if current is not None and current.get("status") == condition["status"]:
+        condition = {**condition, "lastTransitionTime": current.get("lastTransitionTime")}
+    status["conditions"] = [c for c in conditions if c.get("type") != condition["type"]]
+    status["conditions"].append(condition)
+
+
+def remove_condition(d: Object, kind: str) -> None:
+    status = d.get("status") or {}
+    if status.get("conditions"):
+        status["conditions"] = [c for c in status["conditions"] if c.get("type") != kind]
+
+
+def deployment_complete(d: Object, status: Object) -> bool:
+    """DeploymentComplete: every replica updated and available, the generation observed."""
+    desired = replicas(d)
+    return bool(
+        status.get("updatedReplicas", 0) == desired
+        and status.get("replicas", 0) == desired
+        and status.get("availableReplicas", 0) == desired
+        and status.get("observedGeneration", 0) >= d["metadata"].get("generation", 0)
+    )
+
+
+def deployment_progressing(d: Object, new: Object) -> bool:
+    """DeploymentProgressing: more pods updated, ready or available, or fewer old ones."""
+    old = d.get("status") or {}
+
+    def get(status: Object, field: str) -> int:
+        return int(status.get(field) or 0)
+
+    return (
+        get(new, "updatedReplicas") > get(old, "updatedReplicas")
+        or get(new, "replicas") - get(new, "updatedReplicas")
+        < get(old, "replicas") - get(old, "updatedReplicas")
+        or get(new, "readyReplicas") > get(old, "readyReplicas")
+        or get(new, "availableReplicas") > get(old, "availableReplicas")
+    )
+
+
+def deployment_timed_out(d: Object, current: Object) -> bool:
+    """DeploymentTimedOut: no progress for progressDeadlineSeconds since the last update."""
+    if not has_progress_deadline(d):
+        return False
+    condition = get_condition(current, "Progressing")
+    if condition is None or condition.get("reason") == "NewReplicaSetAvailable":
+        return False
+    if condition.get("reason") == "ProgressDeadlineExceeded":
+        return True
+    updated = parse_time(condition.get("lastUpdateTime"))
+    if updated is None:
+        return False
+    deadline = updated + datetime.timedelta(seconds=d["spec"]["progressDeadlineSeconds"])
+    return deadline < datetime.datetime.now(datetime.UTC)

@@ -1,0 +1,23 @@
+"""The resources kubus's controllers read and write, and the shape of an object, named once.
+
+Objects are the apiserver's JSON decoded to plain dicts (the bus and the cache hold nothing
+else), so ``Object`` is an alias, not a model. The ``ResourceType`` constants are what the
+cache, the bus subjects and a controller's ``reads`` declaration key on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from bus.subjects import ResourceType
+
+__all__ = ["DEPLOYMENTS", "EVENTS", "NAMESPACES", "NODES", "PODS", "REPLICASETS", "Object"]
+
+Object = dict[str, Any]
+
+PODS: Final = ResourceType("", "v1", "pods")
+REPLICASETS: Final = ResourceType("apps", "v1", "replicasets")
+DEPLOYMENTS: Final = ResourceType("apps", "v1", "deployments")
+EVENTS: Final = ResourceType("", "v1", "events")
+NODES: Final = ResourceType("", "v1", "nodes")
+NAMESPACES: Final = ResourceType("", "v1", "namespaces")

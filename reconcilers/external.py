@@ -23,7 +23,14 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
 from bus.subjects import ResourceType
-from reconcilers.controller import Controller, Flag, Permission, RetryPolicy, Scope
+from reconcilers.controller import (
+    EVERY_RESOURCE,
+    Controller,
+    Flag,
+    Permission,
+    RetryPolicy,
+    Scope,
+)
 
 __all__ = ["GROUP", "Loaded", "enabled_by_default", "installed", "load", "problem_of"]
 
@@ -112,7 +119,8 @@ def problem_of(obj: object) -> str | None:
             wrong.append(f"has no {attribute}")
         elif not valid(getattr(obj, attribute)):
             wrong.append(f"{attribute} is not {what}")
-    if not wrong and getattr(obj, "primary", None) not in getattr(obj, "reads", ()):
+    reads = getattr(obj, "reads", ())
+    if not wrong and getattr(obj, "primary", None) not in reads and EVERY_RESOURCE not in reads:
         wrong.append("reads does not include primary")
     for method in METHODS:
         if not callable(getattr(obj, method, None)):

@@ -47,19 +47,24 @@ Object = dict[str, Any]
 EVERY_RESOURCE: Final = ResourceType("*", "*", "*")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Request:
+    """An object to reconcile. ``resource`` is set only by controllers whose requests name
+    objects of several kinds (the garbage collector): it is part of the key then."""
+
     namespace: str | None
     name: str
+    resource: ResourceType | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+        key = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return key if self.resource is None else f"{self.resource}:{key}"
 
     @classmethod
-    def of(cls, obj: Object) -> Request:
+    def of(cls, obj: Object, resource: ResourceType | None = None) -> Request:
         meta = obj.get("metadata", {})
-        return cls(meta.get("namespace"), meta.get("name", ""))
+        return cls(meta.get("namespace"), meta.get("name", ""), resource)
 
 
 @dataclass(frozen=True)

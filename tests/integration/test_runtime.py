@@ -23,6 +23,9 @@ from tests.integration.test_deployment import complete, deployment
 from tests.integration.test_failover import lease_owners, member_of
 from tests.support.controllers import (
     DIGEST_ANNOTATION,
+    EVERY_LABEL,
+    KIND_ANNOTATION,
+    EveryResourceStamp,
     GLOBAL_LABEL,
     ZONE_ANNOTATION,
     ZONE_LABEL,
@@ -329,4 +332,96 @@ def test_a_failed_partition_runner_is_restarted_and_the_process_is_not_ready_mea
                 what="work resumed in the restarted partition",
             )
     finally:
+        core.delete_namespace(namespace)
+
+
+def test_a_controller_reading_every_resource_gets_crd_objects_and_cluster_scoped_ones(
+    kube: Any, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(kube)
+    rbac = client.RbacAuthorizationV1Api(kube)
+    extensions = client.ApiextensionsV1Api(kube)
+    custom = client.CustomObjectsApi(kube)
+    run = uuid.uuid4().hex[:5]
+    group = f"t{run}.kubus.test"
+    namespace = f"ev-{run}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    extensions.create_custom_resource_definition(
+        {
+            "metadata": {"name": f"gadgets.{group}"},
+            "spec": {
+                "group": group,
+                "scope": "Namespaced",
+                "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {"openAPIV3Schema": {"type": "object"}},
+                    }
+                ],
+            },
+        }
+    )
+    labels = {EVERY_LABEL: "yes"}
+    try:
+        wait_for(
+            lambda: any(
+                c.type == "Established" and c.status == "True"
+                for c in extensions.read_custom_resource_definition(
+                    f"gadgets.{group}"
+                ).status.conditions
+                or []
+            ),
+            timeout=30,
+            what="the CRD established",
+        )
+        with kubus_pool(
+            stack_env,
+            tmp_path,
+            reconcilers=2,
+            env=_controllers_env(tmp_path),
+            extra=[f"--controllers={EveryResourceStamp.name}"],
+            watcher_args=["--resources=all,-v1/events,-events.k8s.io/v1/events"],
+        ):
+            custom.create_namespaced_custom_object(
+                group,
+                "v1",
+                namespace,
+                "gadgets",
+                {
+                    "apiVersion": f"{group}/v1",
+                    "kind": "Gadget",
+                    "metadata": {"name": "g1", "labels": labels},
+                },
+            )
+            core.create_namespaced_config_map(
+                namespace, {"metadata": {"name": "cm1", "labels": labels}}
+            )
+            rbac.create_cluster_role({"metadata": {"name": f"every-{run}", "labels": labels}})
+
+            def stamped() -> list[str]:
+                found = [
+                    (custom.get_namespaced_custom_object(group, "v1", namespace, "gadgets", "g1"))[
+                        "metadata"
+                    ].get("annotations", {}),
+                    core.read_namespaced_config_map("cm1", namespace).metadata.annotations or {},
+                    rbac.read_cluster_role(f"every-{run}").metadata.annotations or {},
+                ]
+                return [a.get(KIND_ANNOTATION, "") for a in found]
+
+            result = wait_for(
+                lambda: all(stamped()) and stamped(),
+                timeout=60,
+                what="a CR, a ConfigMap and a ClusterRole stamped",
+            )
+            assert result == [
+                f"{group}/v1/gadgets",
+                "v1/configmaps",
+                "rbac.authorization.k8s.io/v1/clusterroles",
+            ]
+    finally:
+        rbac.delete_cluster_role(f"every-{run}")
+        extensions.delete_custom_resource_definition(f"gadgets.{group}")
         core.delete_namespace(namespace)

@@ -15,7 +15,16 @@ from typing import Any, ClassVar
 
 from bench.support import entry_points_dir
 from bus.subjects import ResourceType
-from reconcilers.controller import Context, ControllerBase, Permission, Request, Result, Scope
+from kubus.kube import ApiResource
+from reconcilers.controller import (
+    EVERY_RESOURCE,
+    Context,
+    ControllerBase,
+    Permission,
+    Request,
+    Result,
+    Scope,
+)
 
 PODS = ResourceType("", "v1", "pods")
 NODES = ResourceType("", "v1", "nodes")
@@ -24,6 +33,8 @@ ZONE_LABEL = "kubus.test/zone"
 ZONE_ANNOTATION = "kubus.test/node-zone"
 GLOBAL_LABEL = "kubus.test/global"
 DIGEST_ANNOTATION = "kubus.test/data-digest"
+EVERY_LABEL = "kubus.test/every"
+KIND_ANNOTATION = "kubus.test/resource"
 
 Object = dict[str, Any]
 
@@ -118,6 +129,47 @@ class GlobalDigest(ControllerBase):
         return Result()
 
 
+class EveryResourceStamp(ControllerBase):
+    """Stamps every labelled object of any kind, CRDs' included, with its resource: what a
+    controller reading EVERY_RESOURCE (the garbage collector) is given."""
+
+    name: ClassVar[str] = "test-every-resource-stamp-controller"
+    primary: ClassVar[ResourceType] = EVERY_RESOURCE
+    reads: ClassVar[tuple[ResourceType, ...]] = (EVERY_RESOURCE,)
+    permissions: ClassVar[tuple[Permission, ...]] = (Permission("*", "*", ("patch",)),)
+    concurrency_flag: ClassVar[str] = "concurrent-test-every-resource-stamp-syncs"
+    enabled_by_default: ClassVar[bool] = False
+
+    def __init__(self, context: Context) -> None:
+        self._ctx = context
+        self._apis: dict[ResourceType, ApiResource] = {}
+
+    def requests_for(
+        self, resource: ResourceType, obj: Object | None, old: Object | None
+    ) -> Iterable[Request]:
+        if obj is None or (obj["metadata"].get("labels") or {}).get(EVERY_LABEL) is None:
+            return []
+        return [Request.of(obj, resource)]
+
+    async def reconcile(self, request: Request) -> Result:
+        assert request.resource is not None
+        obj = self._ctx.cache.get(request.resource, request.namespace, request.name)
+        want = str(request.resource)
+        if obj is None or (obj["metadata"].get("annotations") or {}).get(KIND_ANNOTATION) == want:
+            return Result()
+        api = self._apis.get(request.resource)
+        if api is None:
+            r = request.resource
+            api = self._apis[r] = await self._ctx.kube.discover(r.group, r.version, r.resource)
+        await self._ctx.kube.patch(
+            api,
+            request.namespace,
+            request.name,
+            {"metadata": {"annotations": {KIND_ANNOTATION: want}}},
+        )
+        return Result()
+
+
 def digest(data: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -137,5 +189,6 @@ def test_controllers_path(directory: Path) -> Path:
         {
             NodeZoneMirror.name: "tests.support.controllers:NodeZoneMirror",
             GlobalDigest.name: "tests.support.controllers:GlobalDigest",
+            EveryResourceStamp.name: "tests.support.controllers:EveryResourceStamp",
         },
     )

@@ -24,11 +24,11 @@ from tests.integration.test_failover import lease_owners, member_of
 from tests.support.controllers import (
     DIGEST_ANNOTATION,
     EVERY_LABEL,
-    KIND_ANNOTATION,
-    EveryResourceStamp,
     GLOBAL_LABEL,
+    KIND_ANNOTATION,
     ZONE_ANNOTATION,
     ZONE_LABEL,
+    EveryResourceStamp,
     GlobalDigest,
     NodeZoneMirror,
     digest,

@@ -32,7 +32,7 @@ from tests.support.controllers import (
     GlobalDigest,
     NodeZoneMirror,
     digest,
-    test_controllers_path,
+    entry_points_for_test_controllers,
 )
 from tests.support.services import ServiceProcess, kubus_pool
 from tests.support.wait import wait_for
@@ -44,7 +44,7 @@ LEASE_DURATION = 10.0
 
 
 def _controllers_env(tmp_path: Path) -> dict[str, str]:
-    extra = test_controllers_path(tmp_path / "entry-points")
+    extra = entry_points_for_test_controllers(tmp_path / "entry-points")
     return {"PYTHONPATH": os.pathsep.join([str(REPO), str(extra)])}
 
 

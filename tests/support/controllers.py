@@ -2,7 +2,7 @@
 
 They are loaded the way any controller from outside kubus is: through the ``kubus.controllers``
 entry-point group, from a distribution the test writes next to them (see
-:func:`test_controllers_path`).
+:func:`entry_points_for_test_controllers`).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _zone(node: Object | None) -> str | None:
     return str(value) if value is not None else None
 
 
-def test_controllers_path(directory: Path) -> Path:
+def entry_points_for_test_controllers(directory: Path) -> Path:
     """A directory to put on PYTHONPATH that registers the controllers above."""
     return entry_points_dir(
         directory,

@@ -27,11 +27,14 @@ from nats.aio.msg import Msg
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 
+from bus.connect import connect_nats
 from bus.envelope import Envelope
+from bus.errors import BusError
 from bus.layout import BusLayout
 from bus.streams import ensure_bucket, ensure_object_stream
 from bus.subjects import ObjectRef, ResourceType, partition_of
 from kubus.kube import ApiResource, ConflictError, KubeClient, load_kube_config
+from kubus.logs import log_context
 from kubus.serving import BindAddress, ProbeServer
 from kubus.telemetry import HeaderGetter, setup_tracing, shutdown_tracing
 from reconcilers import metrics
@@ -399,48 +402,49 @@ class Manager:
             if stored is not None:
                 metrics.EVENT_LATENCY.labels(name).observe(max(0.0, now - stored.timestamp()))
         wall_start = time.time()
-        try:
-            with self._span(name, request, waiting):
-                result = await controller.reconcile(request)
-        except TerminalError as error:
-            log.error("%s: %s: %s (not retried)", name, request.key, error)
-            queue.forget(request)
-        except Exception as error:
-            metrics.RECONCILE_ERRORS.labels(name).inc()
-            metrics.WORKQUEUE_RETRIES.labels(name).inc()
-            # A conflict means the cache was a hop behind a write: routine, retried at once.
-            level = logging.INFO if isinstance(error, ConflictError) else logging.WARNING
-            log.log(
-                level,
-                "%s: sync %s failed: %s",
-                name,
-                request.key,
-                error,
-                exc_info=log.isEnabledFor(logging.DEBUG),
-            )
-            self._acks.put_back(key, waiting)
-            queue.add_rate_limited(request)
-            return
-        else:
-            queue.forget(request)
-            if result.requeue_after is not None:
-                queue.add_after(request, result.requeue_after)
-        finally:
-            metrics.RECONCILE_DURATION.labels(name).observe(time.monotonic() - started)
-            if self._audit is not None:
-                self._audit.write(
-                    json.dumps(
-                        {
-                            "member": self._config.member,
-                            "controller": name,
-                            "key": request.key,
-                            "start": wall_start,
-                            "end": time.time(),
-                        }
-                    )
-                    + "\n"
+        with log_context(controller=name, key=request.key):
+            try:
+                with self._span(name, request, waiting):
+                    result = await controller.reconcile(request)
+            except TerminalError as error:
+                log.error("%s: %s: %s (not retried)", name, request.key, error)
+                queue.forget(request)
+            except Exception as error:
+                metrics.RECONCILE_ERRORS.labels(name).inc()
+                metrics.WORKQUEUE_RETRIES.labels(name).inc()
+                # A conflict means the cache was a hop behind a write: routine, retried at once.
+                level = logging.INFO if isinstance(error, ConflictError) else logging.WARNING
+                log.log(
+                    level,
+                    "%s: sync %s failed: %s",
+                    name,
+                    request.key,
+                    error,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
                 )
-                self._audit.flush()
+                self._acks.put_back(key, waiting)
+                queue.add_rate_limited(request)
+                return
+            else:
+                queue.forget(request)
+                if result.requeue_after is not None:
+                    queue.add_after(request, result.requeue_after)
+            finally:
+                metrics.RECONCILE_DURATION.labels(name).observe(time.monotonic() - started)
+                if self._audit is not None:
+                    self._audit.write(
+                        json.dumps(
+                            {
+                                "member": self._config.member,
+                                "controller": name,
+                                "key": request.key,
+                                "start": wall_start,
+                                "end": time.time(),
+                            }
+                        )
+                        + "\n"
+                    )
+                    self._audit.flush()
         for entry in waiting:
             entry.remaining -= 1
             if entry.remaining == 0:
@@ -480,16 +484,11 @@ class _NoSpan:
 
 
 async def _connect(url: str, member: str) -> NatsClient:
+    # Bounded, one line, no credentials: the URL is shown as ServerUrl prints it.
     try:
-        return await nats.connect(
-            url,
-            name=f"kubus-reconciler-{member}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as failure:
-        raise ManagerError(f"cannot connect to NATS at {url}: {failure}") from failure
+        return await connect_nats(url, name=f"kubus-reconciler-{member}", within=CONNECT_TIMEOUT)
+    except BusError as failure:
+        raise ManagerError(str(failure)) from None
 
 
 async def _close(nc: NatsClient) -> None:

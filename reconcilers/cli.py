@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import yaml
 
-from bus.connect import DEFAULT_CONNECT_TIMEOUT, check_jetstream, connect_nats
+from bus.connect import DEFAULT_CONNECT_TIMEOUT
 from bus.connection import ServerUrl
 from bus.errors import BusError
 from bus.layout import MAX_PARTITIONS, BusLayout
@@ -27,7 +27,6 @@ from bus.subjects import DEFAULT_PARTITIONS
 from kubus.cliutil import (
     ArgumentParser,
     Parse,
-    check_bindable,
     choice,
     duration,
     flag_type,
@@ -39,11 +38,16 @@ from kubus.cliutil import (
     whole_number,
 )
 from kubus.kube import KubeApiError
-from kubus.kube.config import KubeConfig, KubeConfigError, load_kube_config
-from kubus.kube.reachability import ApiserverUnreachable, wait_for_apiserver
 from kubus.logs import FORMATS, setup_logging
 from kubus.service import run_service
 from kubus.serving import BindAddress, parse_bind_address
+from kubus.startup import (
+    Outside,
+    StartupError,
+    check_outside,
+    check_probe_addresses,
+    read_kubeconfig,
+)
 from reconcilers.controller import FEATURE_GATES
 from reconcilers.manager import Manager, ManagerConfig, ManagerError
 from reconcilers.ownership import LeaseTiming
@@ -309,32 +313,19 @@ def add_reconciler_command(subparsers: argparse._SubParsersAction[ArgumentParser
 def run(args: argparse.Namespace) -> int:
     values = _merged(args)
     setup_logging(values["logging_format"], values["v"])
-    config, kube_config = _manager_config(values)
-    asyncio.run(_main(config, kube_config, within=values["connect_timeout"]))
+    config, outside = _manager_config(values)
+    asyncio.run(_main(config, outside))
     return 0
 
 
-async def _main(config: ManagerConfig, kube_config: KubeConfig, *, within: float) -> None:
+async def _main(config: ManagerConfig, outside: Outside) -> None:
     manager = Manager(config)
 
     async def service(stop: asyncio.Event, serving: asyncio.Event) -> None:
-        await _preflight(config, kube_config, within=within)
+        await check_outside(outside, client_name=f"kubus-reconciler-{config.member}-check")
         await manager.run(stop, serving)
 
     await run_service(service)
-
-
-async def _preflight(config: ManagerConfig, kube_config: KubeConfig, *, within: float) -> None:
-    """The apiserver and NATS answer (each ``within`` seconds), before the manager creates
-    anything on the bus."""
-    await wait_for_apiserver(kube_config, within=within)
-    client = await connect_nats(
-        config.nats_url, name=f"kubus-reconciler-{config.member}-check", within=within
-    )
-    try:
-        await check_jetstream(client, config.nats_url)
-    finally:
-        await client.close()
 
 
 def _merged(args: argparse.Namespace) -> dict[str, Any]:
@@ -348,21 +339,17 @@ def _merged(args: argparse.Namespace) -> dict[str, Any]:
         given = getattr(args, flag.dest, None)
         if given is not None:
             values[flag.dest] = given
+    values["nats_url_source"] = "--nats-url"
     if values["nats_url"] is None:
         from_env = os.environ.get("NATS_URL")
         if from_env:
+            values["nats_url_source"] = "--nats-url (from $NATS_URL)"
             try:
                 values["nats_url"] = _nats_url(from_env)
             except ValueError as error:
                 raise ReconcilerConfigError(f"--nats-url (from $NATS_URL): {error}") from None
         else:
             values["nats_url"] = DEFAULT_NATS_URL
-    values["kubeconfig_source"] = "--kubeconfig"
-    if values["kubeconfig"] is None and os.environ.get("KUBECONFIG"):
-        values["kubeconfig"] = Path(os.environ["KUBECONFIG"])
-        values["kubeconfig_source"] = "--kubeconfig (from $KUBECONFIG)"
-    elif values["kubeconfig"] is None:
-        values["kubeconfig_source"] = "kubeconfig"
     return values
 
 
@@ -397,7 +384,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return values
 
 
-def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, KubeConfig]:
+def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, Outside]:
     """What the flags mean together, checked; the kubeconfig read."""
     gates = _check_feature_gates(str(values["feature_gates"]))
     controllers = select_controllers(str(values["controllers"]).split(","))
@@ -419,7 +406,9 @@ def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, KubeConfig]:
         ) from None
     health = _bind_address(values["health_probe_bind_address"], "--health-probe-bind-address")
     metrics = _bind_address(values["metrics_bind_address"], "--metrics-bind-address")
-    _check_bindable({"--health-probe-bind-address": health, "--metrics-bind-address": metrics})
+    check_probe_addresses(
+        {"--health-probe-bind-address": health, "--metrics-bind-address": metrics}
+    )
     audit_log: Path | None = values["reconcile_audit_log"]
     if audit_log is not None:
         try:
@@ -428,12 +417,7 @@ def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, KubeConfig]:
             raise ReconcilerConfigError(
                 f"--reconcile-audit-log {audit_log}: {error.strerror}"
             ) from None
-    kubeconfig: Path | None = values["kubeconfig"]
-    try:
-        kube_config = load_kube_config(kubeconfig)
-    except KubeConfigError as error:
-        where = values["kubeconfig_source"]
-        raise ReconcilerConfigError(f"{where} {error}" if error.path else str(error)) from None
+    kubeconfig, kube_config, kube_source = read_kubeconfig(values["kubeconfig"])
     config = ManagerConfig(
         nats_url=values["nats_url"],
         pool=values["pool"],
@@ -449,7 +433,14 @@ def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, KubeConfig]:
         audit_log=audit_log,
         feature_gates=gates,
     )
-    return config, kube_config
+    outside = Outside(
+        kube_config=kube_config,
+        kube_source=kube_source,
+        nats_url=values["nats_url"],
+        nats_source=values["nats_url_source"],
+        within=values["connect_timeout"],
+    )
+    return config, outside
 
 
 def _check_feature_gates(text: str) -> dict[str, bool]:
@@ -471,29 +462,11 @@ def _bind_address(text: str, flag: str) -> BindAddress | None:
         raise ReconcilerConfigError(str(error)) from None
 
 
-def _check_bindable(addresses: dict[str, BindAddress | None]) -> None:
-    """Each probe address can be listened on now (together), naming the flag that cannot."""
-    wanted = {flag: address for flag, address in addresses.items() if address is not None}
-    for flag, address in wanted.items():
-        try:
-            check_bindable([(address.host, address.port)])
-        except ValueError as error:
-            raise ReconcilerConfigError(f"{flag}: {error}") from None
-    _check_together(wanted)
-
-
-def _check_together(wanted: dict[str, BindAddress]) -> None:
-    try:
-        check_bindable((address.host, address.port) for address in wanted.values())
-    except ValueError as error:
-        raise ReconcilerConfigError(f"{' and '.join(wanted)} collide: {error}") from None
-
-
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     ReconcilerConfigError,
     ControllerSelectionError,
     ManagerError,
     BusError,
     KubeApiError,
-    ApiserverUnreachable,
+    StartupError,
 )

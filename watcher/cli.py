@@ -12,18 +12,12 @@ import asyncio
 import os
 from pathlib import Path
 
-from bus.connect import (
-    DEFAULT_CONNECT_TIMEOUT,
-    TooManyReplicas,
-    check_jetstream,
-    connect_nats,
-)
+from bus.connect import DEFAULT_CONNECT_TIMEOUT
 from bus.errors import BusError
 from bus.layout import MAX_PARTITIONS
 from bus.subjects import DEFAULT_PARTITIONS
 from kubus.cliutil import (
     ArgumentParser,
-    check_bindable,
     choice,
     duration,
     flag_type,
@@ -32,11 +26,16 @@ from kubus.cliutil import (
     whole_number,
 )
 from kubus.kube import KubeApiError
-from kubus.kube.config import KubeConfig, KubeConfigError, load_kube_config
-from kubus.kube.reachability import ApiserverUnreachable, wait_for_apiserver
 from kubus.logs import FORMATS, setup_logging
 from kubus.service import run_service
 from kubus.serving import BindAddress, parse_bind_address
+from kubus.startup import (
+    Outside,
+    StartupError,
+    check_outside,
+    check_probe_addresses,
+    read_kubeconfig,
+)
 from watcher.config import (
     DEFAULT_RESOURCES,
     MAX_STREAM_REPLICAS,
@@ -160,32 +159,29 @@ def add_watcher_command(subparsers: argparse._SubParsersAction[ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.logging_format, args.v)
-    config, kube_config = _config(args)
-    asyncio.run(_main(config, kube_config, within=args.connect_timeout))
+    config, outside = _config(args)
+    asyncio.run(_main(config, outside))
     return 0
 
 
-def _config(args: argparse.Namespace) -> tuple[WatcherConfig, KubeConfig]:
+def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
     """Every flag checked, alone and together, and the kubeconfig read: nothing connects yet."""
+    nats_source = "--nats-url"
     if args.nats_url is not None:
         nats_url = parse_nats_url(args.nats_url)
     elif os.environ.get("NATS_URL"):
-        nats_url = parse_nats_url(os.environ["NATS_URL"], source="--nats-url (from $NATS_URL)")
+        nats_source = "--nats-url (from $NATS_URL)"
+        nats_url = parse_nats_url(os.environ["NATS_URL"], source=nats_source)
     else:
         nats_url = DEFAULT_NATS_URL
     resources = parse_resources(args.resources, mirror_secrets=args.mirror_secrets)
     layout = parse_layout(args.bus_prefix, args.partitions)
     health = _bind_address(args.health_probe_bind_address, "--health-probe-bind-address")
     metrics = _bind_address(args.metrics_bind_address, "--metrics-bind-address")
-    _check_bindable({"--health-probe-bind-address": health, "--metrics-bind-address": metrics})
-    kubeconfig, where = args.kubeconfig, "--kubeconfig"
-    if kubeconfig is None:
-        kubeconfig = _env_path("KUBECONFIG")
-        where = "--kubeconfig (from $KUBECONFIG)" if kubeconfig else "kubeconfig"
-    try:
-        kube_config = load_kube_config(kubeconfig)
-    except KubeConfigError as error:
-        raise WatcherConfigError(f"{where} {error}" if error.path else str(error)) from None
+    check_probe_addresses(
+        {"--health-probe-bind-address": health, "--metrics-bind-address": metrics}
+    )
+    kubeconfig, kube_config, kube_source = read_kubeconfig(args.kubeconfig)
     config = WatcherConfig(
         nats_url=nats_url,
         resources=resources,
@@ -196,28 +192,23 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, KubeConfig]:
         tombstone_ttl=args.tombstone_ttl,
         stream_replicas=args.stream_replicas,
     )
-    return config, kube_config
+    outside = Outside(
+        kube_config=kube_config,
+        kube_source=kube_source,
+        nats_url=nats_url,
+        nats_source=nats_source,
+        within=args.connect_timeout,
+        stream_replicas=args.stream_replicas,
+    )
+    return config, outside
 
 
-async def _main(config: WatcherConfig, kube_config: KubeConfig, *, within: float) -> None:
+async def _main(config: WatcherConfig, outside: Outside) -> None:
     async def service(stop: asyncio.Event, serving: asyncio.Event) -> None:
-        await _preflight(config, kube_config, within=within)
+        await check_outside(outside, client_name="kubus-watcher-check")
         await run_watcher(config, stop=stop, serving=serving)
 
     await run_service(service)
-
-
-async def _preflight(config: WatcherConfig, kube_config: KubeConfig, *, within: float) -> None:
-    """The apiserver and NATS answer (each ``within`` seconds) and NATS can hold the stream's
-    replicas, before anything is created on the bus."""
-    await wait_for_apiserver(kube_config, within=within)
-    client = await connect_nats(config.nats_url, name="kubus-watcher-check", within=within)
-    try:
-        await check_jetstream(client, config.nats_url, replicas=config.stream_replicas)
-    except TooManyReplicas as error:
-        raise WatcherConfigError(f"--stream-replicas {config.stream_replicas}: {error}") from None
-    finally:
-        await client.close()
 
 
 # The errors `kubus watcher` turns into one line and exit code 1.
@@ -226,7 +217,7 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     WatcherConfigError,
     BusError,
     KubeApiError,
-    ApiserverUnreachable,
+    StartupError,
     ValueError,
 )
 
@@ -236,21 +227,3 @@ def _bind_address(text: str, flag: str) -> BindAddress | None:
         return parse_bind_address(text, flag=flag)
     except ValueError as error:
         raise WatcherConfigError(str(error)) from error
-
-
-def _check_bindable(addresses: dict[str, BindAddress | None]) -> None:
-    wanted = {flag: address for flag, address in addresses.items() if address is not None}
-    for flag, address in wanted.items():
-        try:
-            check_bindable([(address.host, address.port)])
-        except ValueError as error:
-            raise WatcherConfigError(f"{flag}: {error}") from None
-    try:
-        check_bindable((address.host, address.port) for address in wanted.values())
-    except ValueError as error:
-        raise WatcherConfigError(f"{' and '.join(wanted)} collide: {error}") from None
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None

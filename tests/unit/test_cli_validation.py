@@ -25,6 +25,7 @@ from kubus.cliutil import (
     positive_number,
     whole_number,
 )
+from kubus.startup import StartupError, read_kubeconfig
 from reconcilers.cli import ReconcilerConfigError, _manager_config, _merged
 
 
@@ -205,6 +206,12 @@ def test_every_flag_is_a_config_key(tmp_path: Path) -> None:
     assert values["feature_gates"] == "DeploymentReplicaSetTerminatingReplicas=false"
 
 
+def test_start_up_waits_30s_by_default() -> None:
+    assert _merged(parse("reconciler"))["connect_timeout"] == 30.0
+    assert parse("watcher").connect_timeout == 30.0
+    assert parse("watcher", "--connect-timeout=1m").connect_timeout == 60.0
+
+
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ReconcilerConfigError, match=r"--config .*nope.yaml: no such file"):
         _merged(parse("reconciler", f"--config={tmp_path / 'nope.yaml'}"))
@@ -263,7 +270,7 @@ def test_a_taken_probe_port_names_the_flag(tmp_path: Path) -> None:
                 "--health-probe-bind-address=0",
             )
         )
-        with pytest.raises(ReconcilerConfigError) as raised:
+        with pytest.raises(StartupError) as raised:
             _manager_config(values)
     assert str(raised.value) == (
         f"--metrics-bind-address: 127.0.0.1:{port}: cannot listen there (Address already in use)"
@@ -281,7 +288,7 @@ def test_probe_addresses_that_collide_are_found(tmp_path: Path) -> None:
             f"--health-probe-bind-address=:{port}",
         )
     )
-    with pytest.raises(ReconcilerConfigError, match="collide"):
+    with pytest.raises(StartupError, match="collide"):
         _manager_config(values)
 
 
@@ -294,3 +301,33 @@ def test_an_audit_log_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     target = tmp_path / "missing-dir" / "audit.jsonl"
     with pytest.raises(ReconcilerConfigError, match=r"--reconcile-audit-log .*missing-dir"):
         _manager_config(_values(tmp_path, f"--reconcile-audit-log={target}"))
+
+
+def test_a_kubeconfig_problem_names_the_flag_or_the_variable(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.kubeconfig"
+    with pytest.raises(StartupError, match=rf"^--kubeconfig {missing}: no such file$"):
+        read_kubeconfig(missing, environ={})
+    with pytest.raises(StartupError, match=rf"^--kubeconfig \(from \$KUBECONFIG\) {missing}: "):
+        read_kubeconfig(None, environ={"KUBECONFIG": str(missing)})
+    not_yaml = tmp_path / "bad.kubeconfig"
+    not_yaml.write_text("clusters: [")
+    with pytest.raises(StartupError, match=r"bad.kubeconfig: not YAML at line 1, column 12"):
+        read_kubeconfig(not_yaml, environ={})
+    no_context = tmp_path / "empty.kubeconfig"
+    no_context.write_text("apiVersion: v1\nkind: Config\n")
+    with pytest.raises(StartupError, match=r"empty.kubeconfig: .*current-context"):
+        read_kubeconfig(no_context, environ={})
+    good = _kubeconfig(tmp_path)
+    path, config, source = read_kubeconfig(good, environ={})
+    assert (path, config.server, source) == (good, "http://127.0.0.1:9", f"--kubeconfig {good}")
+
+
+def test_no_kubeconfig_at_all_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubernetes import config
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none"))
+    with pytest.raises(StartupError, match=r"^no kubeconfig: none given .*/none$"):
+        read_kubeconfig(None, environ={})

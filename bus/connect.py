@@ -35,6 +35,7 @@ __all__ = [
     "TooManyReplicas",
     "check_jetstream",
     "connect_nats",
+    "nats_url",
     "single_server",
 ]
 
@@ -49,6 +50,18 @@ _REFUSALS: Final = (
     "authorization violation",
     "authentication",
 )  # credentials shorter than this are not scrubbed out of error text
+
+
+def nats_url(value: object) -> str:
+    """A ``--nats-url`` value (a flag's string or a YAML value): a URL kubus can use, or
+    ValueError saying why, without the URL's credentials."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {value!r} ({type(value).__name__})")
+    try:
+        ServerUrl.parse(value)
+    except BusError as error:
+        raise ValueError(str(error)) from None
+    return value
 
 
 class NatsConnectError(BusError):

@@ -19,8 +19,7 @@ from typing import Any, Final
 
 import yaml
 
-from bus.connect import DEFAULT_CONNECT_TIMEOUT
-from bus.connection import ServerUrl
+from bus.connect import DEFAULT_CONNECT_TIMEOUT, nats_url
 from bus.errors import BusError
 from bus.layout import MAX_PARTITIONS, BusLayout
 from bus.subjects import DEFAULT_PARTITIONS
@@ -71,21 +70,12 @@ def _path(value: object) -> Path:
     return Path(text(value)).expanduser()
 
 
-def _nats_url(value: object) -> str:
-    url = text(value)
-    try:
-        ServerUrl.parse(url)
-    except BusError as error:
-        raise ValueError(str(error)) from None
-    return url
-
-
 def _pool(value: object) -> str:
     name = text(value)
     if not _POOL.fullmatch(name):
         raise ValueError(
-            f"{name!r} must be 1-63 letters, digits, '-' or '_', starting with a letter or "
-            "digit (it names KV buckets and durable consumers)"
+            "must be 1-63 letters, digits, '-' or '_', starting with a letter or digit (it "
+            f"names KV buckets and durable consumers), not {name!r}"
         )
     return name
 
@@ -145,7 +135,7 @@ FLAGS: Final[tuple[_Flag, ...]] = (
     ),
     _Flag(
         "nats-url",
-        _nats_url,
+        nats_url,
         f"NATS server, nats://[user:password@|token@]host[:port] or tls://... (default "
         f"$NATS_URL, else {DEFAULT_NATS_URL})",
         "URL",
@@ -345,7 +335,7 @@ def _merged(args: argparse.Namespace) -> dict[str, Any]:
         if from_env:
             values["nats_url_source"] = "--nats-url (from $NATS_URL)"
             try:
-                values["nats_url"] = _nats_url(from_env)
+                values["nats_url"] = nats_url(from_env)
             except ValueError as error:
                 raise ReconcilerConfigError(f"--nats-url (from $NATS_URL): {error}") from None
         else:

@@ -12,7 +12,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from bus.connect import DEFAULT_CONNECT_TIMEOUT
+from bus.connect import DEFAULT_CONNECT_TIMEOUT, nats_url
 from bus.errors import BusError
 from bus.layout import MAX_PARTITIONS
 from bus.subjects import DEFAULT_PARTITIONS
@@ -69,6 +69,7 @@ def add_watcher_command(subparsers: argparse._SubParsersAction[ArgumentParser]) 
     )
     parser.add_argument(
         "--nats-url",
+        type=flag_type(nats_url),
         default=None,
         metavar="URL",
         help="NATS server, nats://[user:password@|token@]host[:port] or tls://... "
@@ -168,12 +169,12 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
     """Every flag checked, alone and together, and the kubeconfig read: nothing connects yet."""
     nats_source = "--nats-url"
     if args.nats_url is not None:
-        nats_url = parse_nats_url(args.nats_url)
+        url: str = args.nats_url
     elif os.environ.get("NATS_URL"):
         nats_source = "--nats-url (from $NATS_URL)"
-        nats_url = parse_nats_url(os.environ["NATS_URL"], source=nats_source)
+        url = parse_nats_url(os.environ["NATS_URL"], source=nats_source)
     else:
-        nats_url = DEFAULT_NATS_URL
+        url = DEFAULT_NATS_URL
     resources = parse_resources(args.resources, mirror_secrets=args.mirror_secrets)
     layout = parse_layout(args.bus_prefix, args.partitions)
     health = _bind_address(args.health_probe_bind_address, "--health-probe-bind-address")
@@ -183,7 +184,7 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
     )
     kubeconfig, kube_config, kube_source = read_kubeconfig(args.kubeconfig)
     config = WatcherConfig(
-        nats_url=nats_url,
+        nats_url=url,
         resources=resources,
         layout=layout,
         kubeconfig=kubeconfig,
@@ -195,7 +196,7 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
     outside = Outside(
         kube_config=kube_config,
         kube_source=kube_source,
-        nats_url=nats_url,
+        nats_url=url,
         nats_source=nats_source,
         within=args.connect_timeout,
         stream_replicas=args.stream_replicas,

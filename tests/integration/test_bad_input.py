@@ -232,7 +232,9 @@ CASES = [
             "reconciler",
             f"{flag}={value}",
             args=lambda _env, _p, flag=flag, value=value: [f"--{flag}={value}"],
-            names=lambda _env, flag=flag: f"argument --{flag}: must be",
+            names=lambda _env, flag=flag: (
+                f"argument {'-v/--v' if flag == 'v' else '--' + flag}: must be"
+            ),
             code=2,
             quick=True,
         )
@@ -494,28 +496,34 @@ def test_good_spellings_get_past_the_flags(env: Env) -> None:
 def test_a_failed_reconcile_logs_a_line_naming_the_controller_and_the_object(
     stack_env: dict[str, str], kube: Any, namespace: str, tmp_path: Path
 ) -> None:
-    """The apiserver refuses the Deployment's ReplicaSet (a quota of none): the reconciler's
-    JSON log line says which controller failed on which object, in fields as well as words."""
+    """The apiserver refuses the pods of a privileged Deployment (PodSecurity "restricted"):
+    the reconciler's JSON log line says which controller failed on which object, in its
+    fields as well as in words."""
     from kubernetes import client
 
-    quota: Any = {
-        "metadata": {"name": "no-replicasets"},
-        "spec": {"hard": {"count/replicasets.apps": "0"}},
-    }
-    client.CoreV1Api(kube).create_namespaced_resource_quota(namespace, quota)
-    web: Any = {
-        "metadata": {"name": "web"},
+    labels: Any = {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    client.CoreV1Api(kube).patch_namespace(namespace, labels)
+    privileged: Any = {
+        "metadata": {"name": "privileged"},
         "spec": {
             "replicas": 1,
-            "selector": {"matchLabels": {"app": "web"}},
+            "selector": {"matchLabels": {"app": "privileged"}},
             "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "example/web:1"}]},
+                "metadata": {"labels": {"app": "privileged"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "example/web:1",
+                            "securityContext": {"privileged": True},
+                        }
+                    ]
+                },
             },
         },
     }
     with kubus_pool(stack_env, tmp_path, extra=["--logging-format=json"]) as pool:
-        client.AppsV1Api(kube).create_namespaced_deployment(namespace, web)
+        client.AppsV1Api(kube).create_namespaced_deployment(namespace, privileged)
         log = pool.reconcilers[0].log
 
         def failure_line() -> dict[str, Any] | None:
@@ -523,12 +531,13 @@ def test_a_failed_reconcile_logs_a_line_naming_the_controller_and_the_object(
                 if not line.startswith("{"):
                     continue
                 entry: dict[str, Any] = json.loads(line)
-                if entry.get("key") == f"{namespace}/web" and "failed" in entry["msg"]:
+                if "violates PodSecurity" in entry["msg"]:
                     return entry
             return None
 
         entry = wait_for(failure_line, timeout=60, what=f"the sync failure in {log}")
-    assert entry["controller"] == "deployment-controller"
+    assert entry["controller"] == "replicaset-controller"
+    assert entry["key"].startswith(f"{namespace}/privileged-")
+    assert entry["msg"].startswith(f"replicaset-controller: sync {entry['key']} failed: 403")
     assert entry["level"] == "warning"
-    assert "exceeded quota" in entry["msg"]
     assert isinstance(entry["ts"], float)

@@ -169,7 +169,7 @@ def _config_file(tmp_path: Path, text: str) -> Path:
         ("concurrent-deployment-syncs: true\n", "must be a whole number >= 1, not True (bool)"),
         ("nats-url: 12345\n", "nats-url: must be a string, not 12345 (int)"),
         ("partition-lease-duration: nan\n", "partition-lease-duration: must be a duration"),
-        ("pool: a.b\n", "pool: 'a.b' must be 1-63 letters"),
+        ("pool: a.b\n", "pool: must be 1-63 letters"),
         ("v: -1\n", "v: must be a whole number >= 0"),
         ("logging-format: xml\n", "logging-format: must be one of text, json"),
         ("verbose: true\n", "unknown setting 'verbose'"),

@@ -389,10 +389,18 @@ def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, Outside]:
             renew_deadline=values["partition_renew_deadline"],
             retry_period=values["partition_retry_period"],
         )
-    except ValueError as error:
+    except ValueError:
+        retry, renew, lease = (
+            format_duration(values[name])
+            for name in (
+                "partition_retry_period",
+                "partition_renew_deadline",
+                "partition_lease_duration",
+            )
+        )
         raise ReconcilerConfigError(
-            "--partition-retry-period < --partition-renew-deadline < "
-            f"--partition-lease-duration is needed: {error}"
+            f"--partition-retry-period ({retry}) < --partition-renew-deadline ({renew}) < "
+            f"--partition-lease-duration ({lease}) is needed"
         ) from None
     health = _bind_address(values["health_probe_bind_address"], "--health-probe-bind-address")
     metrics = _bind_address(values["metrics_bind_address"], "--metrics-bind-address")

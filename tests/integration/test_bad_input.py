@@ -270,7 +270,10 @@ CASES = [
         "reconciler",
         "leases-out-of-order",
         args=lambda _env, _p: ["--partition-lease-duration=10s", "--partition-renew-deadline=1m"],
-        names=_flag("--partition-retry-period < --partition-renew-deadline < "),
+        names=_flag(
+            "--partition-retry-period (2s) < --partition-renew-deadline (1m0s) < "
+            "--partition-lease-duration (10s) is needed"
+        ),
         quick=True,
     ),
     *(

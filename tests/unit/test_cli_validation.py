@@ -9,6 +9,7 @@ test_bad_input.py.
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,7 +252,13 @@ def _values(tmp_path: Path, *argv: str) -> dict[str, object]:
 
 
 def test_lease_timings_are_checked_together(tmp_path: Path) -> None:
-    with pytest.raises(ReconcilerConfigError, match="--partition-retry-period < "):
+    with pytest.raises(
+        ReconcilerConfigError,
+        match=re.escape(
+            "--partition-retry-period (2s) < --partition-renew-deadline (15s) < "
+            "--partition-lease-duration (10s) is needed"
+        ),
+    ):
         _manager_config(_values(tmp_path, "--partition-renew-deadline=15s"))
     config, _kube = _manager_config(
         _values(tmp_path, "--partition-lease-duration=1m", "--partition-renew-deadline=40s")

@@ -75,8 +75,15 @@ _UPDATABLE = (
 
 
 async def ensure_object_stream(
-    js: JetStreamContext, layout: BusLayout, settings: StreamSettings | None = None
+    js: JetStreamContext,
+    layout: BusLayout,
+    settings: StreamSettings | None = None,
+    *,
+    update: bool = True,
 ) -> None:
+    """Create the stream, or check an existing one's layout and (``update``) bring its
+    settings to ``settings``. Readers pass ``update=False``: the watcher owns the settings (a
+    reconciler must not shrink a stream the watcher made with 3 replicas back to 1)."""
     desired = object_stream_config(layout, settings or StreamSettings())
     try:
         info = await js.stream_info(layout.object_stream)
@@ -92,6 +99,8 @@ async def ensure_object_stream(
             f"{layout.partitions} were asked for; use --partitions {recorded}, or delete the "
             "stream to start over"
         )
+    if not update:
+        return
     for name in _FIXED:
         want, have = getattr(desired, name), getattr(existing, name)
         if _normal(want) != _normal(have):

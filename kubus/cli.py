@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
+
+from nats.errors import Error as NatsError
 
 from bench.compare import cli as bench_cli
 from kubus.cliutil import ArgumentParser, fail
@@ -40,10 +43,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except (*watcher_cli.EXPECTED_ERRORS, *reconciler_cli.EXPECTED_ERRORS) as error:
-        fail(prog, str(error))
+        fail(prog, _one_line(error))
+    except NatsError as error:
+        # The server refused a request at start-up (a cluster too small for the replicas).
+        fail(prog, f"NATS: {_one_line(error)}")
+    except OSError as error:
+        # A port taken between the checks and the bind, a file that went away: one line;
+        # the traceback at -v 4 and up.
+        logging.getLogger("kubus").debug("%s failed", prog, exc_info=True)
+        fail(prog, _one_line(error))
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _prog_of(args: argparse.Namespace) -> str:

@@ -1,89 +1,298 @@
-"""``kubus reconciler``: one process of a reconciler pool, with kube-controller-manager's flags."""
+"""``kubus reconciler``: one process of a reconciler pool, with kube-controller-manager's flags.
+
+Every input is checked before the process connects anywhere: each flag's value (on the
+command line or in ``--config``), then what flags mean together (lease timings in order, the
+probe ports free, the kubeconfig readable), then, bounded by ``--connect-timeout``, that the
+apiserver and NATS answer. Only then does the manager provision the bus. A bad input is one
+line naming the flag, or the ``--config`` file and key.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import functools
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
+from bus.connect import DEFAULT_CONNECT_TIMEOUT, nats_url
 from bus.errors import BusError
-from bus.layout import BusLayout
+from bus.layout import MAX_PARTITIONS, BusLayout
 from bus.subjects import DEFAULT_PARTITIONS
-from kubus.cliutil import ArgumentParser
+from kubus.cliutil import (
+    ArgumentParser,
+    Parse,
+    choice,
+    duration,
+    flag_type,
+    format_duration,
+    klog_level,
+    positive_int,
+    positive_number,
+    text,
+    whole_number,
+)
 from kubus.kube import KubeApiError
+from kubus.logs import FORMATS, setup_logging
 from kubus.service import run_service
 from kubus.serving import BindAddress, parse_bind_address
+from kubus.startup import (
+    Outside,
+    StartupError,
+    check_outside,
+    check_probe_addresses,
+    read_kubeconfig,
+)
 from reconcilers.manager import Manager, ManagerConfig, ManagerError
 from reconcilers.ownership import LeaseTiming
-from reconcilers.registry import IMPLEMENTED, ControllerSelectionError, select_controllers
+from reconcilers.registry import (
+    ControllerSelectionError,
+    implemented_controllers,
+    select_controllers,
+)
 
-__all__ = ["EXPECTED_ERRORS", "add_reconciler_command"]
+__all__ = ["EXPECTED_ERRORS", "ReconcilerConfigError", "add_reconciler_command"]
+
+DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
+# Pool names go into KV bucket and durable consumer names: letters, digits, '-' and '_'.
+_POOL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
 
 class ReconcilerConfigError(ValueError):
-    pass
+    """A flag or ``--config`` value that cannot work; the message names it."""
 
 
-def add_reconciler_command(subparsers: argparse._SubParsersAction[ArgumentParser]) -> None:
-    parser = subparsers.add_parser("reconciler", help="run one process of a reconciler pool")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="YAML file of flag values (flag names as "
-        "keys, e.g. concurrent-deployment-syncs: 10); flags given win",
-    )
-    parser.add_argument("--kubeconfig", type=Path, default=None)
-    parser.add_argument("--nats-url", default=None)
-    parser.add_argument("--pool", default=None, help="pool name (default 'default')")
-    parser.add_argument(
-        "--controllers",
-        default=None,
-        help="comma-separated: '*' (all on by default), NAME, -NAME; "
-        "kube-controller-manager's names and aliases",
-    )
-    parser.add_argument("--feature-gates", default=None, help="KEY=true|false,...")
-    for controller in IMPLEMENTED.values():
-        parser.add_argument(
-            f"--{controller.concurrency_flag}",
-            type=int,
-            default=None,
-            help=f"workers of {controller.name} (default {controller.default_concurrency})",
+# --- value parsers of this command's own flags -----------------------------------------------
+
+
+def _path(value: object) -> Path:
+    return Path(text(value)).expanduser()
+
+
+def _pool(value: object) -> str:
+    name = text(value)
+    if not _POOL.fullmatch(name):
+        raise ValueError(
+            "must be 1-63 letters, digits, '-' or '_', starting with a letter or digit (it "
+            f"names KV buckets and durable consumers), not {name!r}"
         )
-    parser.add_argument("--kube-api-qps", type=float, default=None, help="default 20")
-    parser.add_argument("--kube-api-burst", type=int, default=None, help="default 30")
-    parser.add_argument("--bus-prefix", default=None)
-    parser.add_argument("--partitions", type=int, default=None)
-    parser.add_argument(
-        "--partition-lease-duration", type=float, default=None, help="seconds (default 10)"
-    )
-    parser.add_argument(
-        "--partition-renew-deadline", type=float, default=None, help="seconds (default 7)"
-    )
-    parser.add_argument(
-        "--partition-retry-period", type=float, default=None, help="seconds (default 2)"
-    )
-    parser.add_argument("--health-probe-bind-address", default=None, help="default :8081")
-    parser.add_argument("--metrics-bind-address", default=None, help="default :8080")
-    parser.add_argument(
-        "--reconcile-audit-log",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="append a JSON line per reconcile (member, controller, key, "
-        "start, end): to check one worker per key across a pool",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true")
-    parser.set_defaults(handler=run)
+    return name
 
 
-_DEFAULTS: dict[str, Any] = {
+def _bus_prefix(value: object) -> str:
+    prefix = text(value)
+    try:
+        BusLayout(prefix=prefix)
+    except BusError as error:
+        raise ValueError(str(error)) from None
+    return prefix
+
+
+def _comma_list(value: object) -> str:
+    """A comma-separated list; in YAML also a list of strings."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    return text(value)
+
+
+def _gates(value: object) -> str:
+    """``KEY=true|false,...``; in YAML also a mapping of gate to boolean, as kcm's config."""
+    if isinstance(value, dict):
+        if not all(isinstance(v, bool) for v in value.values()):
+            raise ValueError("must map each feature gate to true or false")
+        return ",".join(f"{key}={str(v).lower()}" for key, v in value.items())
+    return _comma_list(value)
+
+
+def _bind(value: object) -> str:
+    address = text(value)
+    parse_bind_address(address, flag="it")  # ValueError: "it must be HOST:PORT, ..."
+    return address
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str
+    parse: Parse[Any]
+    help: str
+    metavar: str | None = None
+    short: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+_LEASE_DURATION: Final = duration(minimum=0)
+
+FLAGS: Final[tuple[_Flag, ...]] = (
+    _Flag(
+        "kubeconfig",
+        _path,
+        "kubeconfig file (default $KUBECONFIG, else the in-cluster config, else ~/.kube/config)",
+        "FILE",
+    ),
+    _Flag(
+        "nats-url",
+        nats_url,
+        f"NATS server, nats://[user:password@|token@]host[:port] or tls://... (default "
+        f"$NATS_URL, else {DEFAULT_NATS_URL})",
+        "URL",
+    ),
+    _Flag(
+        "connect-timeout",
+        duration(minimum=0),
+        "how long start-up waits for NATS and for the apiserver before giving up "
+        f"(default {format_duration(DEFAULT_CONNECT_TIMEOUT)})",
+        "DURATION",
+    ),
+    _Flag("pool", _pool, "name of the pool this process joins (default default)", "NAME"),
+    _Flag(
+        "controllers",
+        _comma_list,
+        "comma-separated: '*' (every controller on by default), NAME, -NAME; "
+        "kube-controller-manager's names and aliases (default *)",
+        "LIST",
+    ),
+    _Flag(
+        "kube-api-qps",
+        positive_number,
+        "writes per second to the apiserver, per controller (default 20)",
+        "QPS",
+    ),
+    _Flag(
+        "kube-api-burst",
+        positive_int,
+        "burst of writes to the apiserver, per controller (default 30)",
+        "N",
+    ),
+    _Flag(
+        "bus-prefix",
+        _bus_prefix,
+        "prefix of the stream, subjects and buckets on NATS (default kubus)",
+        "PREFIX",
+    ),
+    _Flag(
+        "partitions",
+        whole_number(minimum=1, maximum=MAX_PARTITIONS),
+        f"partitions of the object stream; must match the watcher's (default {DEFAULT_PARTITIONS})",
+        "N",
+    ),
+    _Flag(
+        "partition-lease-duration",
+        _LEASE_DURATION,
+        "how long a partition lease lasts unrenewed: the bound on failover time (default 10s)",
+        "DURATION",
+    ),
+    _Flag(
+        "partition-renew-deadline",
+        _LEASE_DURATION,
+        "how long a holder keeps trying to renew before it stops work on a partition; "
+        "below the lease duration (default 7s)",
+        "DURATION",
+    ),
+    _Flag(
+        "partition-retry-period",
+        _LEASE_DURATION,
+        "how often leases are renewed and claimed; below the renew deadline (default 2s)",
+        "DURATION",
+    ),
+    _Flag(
+        "health-probe-bind-address",
+        _bind,
+        "serve /healthz and /readyz here; 0 disables (default :8081)",
+        "HOST:PORT",
+    ),
+    _Flag(
+        "metrics-bind-address",
+        _bind,
+        "serve /metrics here; 0 disables (default :8080)",
+        "HOST:PORT",
+    ),
+    _Flag(
+        "reconcile-audit-log",
+        _path,
+        "append a JSON line per reconcile (member, controller, key, start, end): to check one "
+        "worker per key across a pool",
+        "FILE",
+    ),
+    _Flag(
+        "v",
+        klog_level,
+        "log verbosity, klog's: 0-3 info, 4 adds kubus's debug lines, 6 the libraries' (default 0)",
+        "N",
+        short="-v",
+    ),
+    _Flag(
+        "logging-format",
+        choice(*FORMATS),
+        "text (klog's) or json (one object a line) (default text)",
+        "FORMAT",
+    ),
+)
+
+
+def feature_gates() -> dict[str, bool]:
+    """The kcm feature gates the controllers this process can run consult, with defaults."""
+    gates: dict[str, bool] = {}
+    for controller in implemented_controllers().values():
+        gates.update(controller.feature_gates)
+    return dict(sorted(gates.items()))
+
+
+def _option(value: object, parse: Any) -> Any:
+    return parse(text(value))
+
+
+@functools.cache
+def all_flags() -> tuple[_Flag, ...]:
+    """The command's own flags, then those the controllers declare (every implemented one,
+    from kubus or an entry point): ``--concurrent-*-syncs`` and each ``Controller.flags``."""
+    gates = feature_gates()
+    declared: list[_Flag] = [
+        _Flag(
+            "feature-gates",
+            _gates,
+            "KEY=true|false,... of the gates kubus's controllers consult: "
+            + ", ".join(f"{gate} (default {str(on).lower()})" for gate, on in gates.items()),
+            "GATES",
+        )
+    ]
+    for controller in implemented_controllers().values():
+        declared.append(
+            _Flag(
+                controller.concurrency_flag,
+                positive_int,
+                f"workers of {controller.name} in this process "
+                f"(default {controller.default_concurrency})",
+                "N",
+            )
+        )
+        for option in controller.flags:
+            declared.append(
+                _Flag(
+                    option.name,
+                    functools.partial(_option, parse=option.parse),
+                    f"{option.help} ({controller.name}; default {option.default})",
+                    "VALUE",
+                )
+            )
+    return (*FLAGS, *declared)
+
+
+def _by_name() -> dict[str, _Flag]:
+    return {flag.name: flag for flag in all_flags()}
+
+
+_DEFAULTS: Final[dict[str, Any]] = {
     "kubeconfig": None,
-    "nats_url": os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
+    "nats_url": None,  # then $NATS_URL, then DEFAULT_NATS_URL
+    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "pool": "default",
     "controllers": "*",
     "feature_gates": "",
@@ -96,78 +305,190 @@ _DEFAULTS: dict[str, Any] = {
     "partition_retry_period": 2.0,
     "health_probe_bind_address": ":8081",
     "metrics_bind_address": ":8080",
+    "reconcile_audit_log": None,
+    "v": 0,
+    "logging_format": "text",
 }
 
 
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def add_reconciler_command(subparsers: argparse._SubParsersAction[ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "reconciler",
+        help="run one process of a reconciler pool",
+        description="One process of a reconciler pool: leases partitions of the bus, "
+        "reconciles, writes back to the apiserver. Durations take Go's form (15s, 2m, "
+        "1m30s, 500ms) or seconds.",
     )
-    values = _merged(args)
-    gates = _check_feature_gates(str(values["feature_gates"]))
-    controllers = select_controllers(str(values["controllers"]).split(","))
-    concurrency = {
-        controller.name: int(values[controller.concurrency_flag.replace("-", "_")])
-        for controller in IMPLEMENTED.values()
-        if values.get(controller.concurrency_flag.replace("-", "_")) is not None
-    }
-    try:
-        timing = LeaseTiming(
-            lease_duration=float(values["partition_lease_duration"]),
-            renew_deadline=float(values["partition_renew_deadline"]),
-            retry_period=float(values["partition_retry_period"]),
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML file of flag values, flag names as keys (concurrent-deployment-syncs: 10); "
+        "flags given on the command line win",
+    )
+    for flag in all_flags():
+        names = [flag.short, f"--{flag.name}"] if flag.short else [f"--{flag.name}"]
+        parser.add_argument(
+            *names,
+            dest=flag.dest,
+            type=flag_type(flag.parse),
+            default=None,
+            metavar=flag.metavar,
+            help=flag.help,
         )
-    except ValueError as error:
-        raise ReconcilerConfigError(str(error)) from error
-    kubeconfig = values["kubeconfig"] or os.environ.get("KUBECONFIG") or None
-    config = ManagerConfig(
-        nats_url=str(values["nats_url"]),
-        pool=str(values["pool"]),
-        controllers=controllers,
-        layout=BusLayout(prefix=str(values["bus_prefix"]), partitions=int(values["partitions"])),
-        kubeconfig=Path(kubeconfig) if kubeconfig else None,
-        concurrency=concurrency,
-        kube_api_qps=float(values["kube_api_qps"]),
-        kube_api_burst=int(values["kube_api_burst"]),
-        timing=timing,
-        health=_bind(str(values["health_probe_bind_address"]), "--health-probe-bind-address"),
-        metrics=_bind(str(values["metrics_bind_address"]), "--metrics-bind-address"),
-        audit_log=args.reconcile_audit_log,
-        feature_gates=gates,
-    )
-    asyncio.run(_main(config))
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    values = _merged(args)
+    setup_logging(values["logging_format"], values["v"])
+    config, outside = _manager_config(values)
+    asyncio.run(_main(config, outside))
     return 0
 
 
-async def _main(config: ManagerConfig) -> None:
+async def _main(config: ManagerConfig, outside: Outside) -> None:
     manager = Manager(config)
-    await run_service(manager.run)
+
+    async def service(stop: asyncio.Event, serving: asyncio.Event) -> None:
+        await check_outside(outside, client_name=f"kubus-reconciler-{config.member}-check")
+        await manager.run(stop, serving)
+
+    await run_service(service)
 
 
 def _merged(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then ``--config``, then the flags given; every value parsed and checked."""
     values = dict(_DEFAULTS)
-    for controller in IMPLEMENTED.values():
-        values.setdefault(controller.concurrency_flag.replace("-", "_"), None)
+    for flag in all_flags():
+        values.setdefault(flag.dest, None)
     if args.config is not None:
-        try:
-            loaded = yaml.safe_load(args.config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ReconcilerConfigError(f"--config {args.config}: {error}") from error
-        if not isinstance(loaded, dict):
-            raise ReconcilerConfigError(f"--config {args.config}: expected a mapping of flags")
-        for key, value in loaded.items():
-            name = str(key).replace("-", "_")
-            if name not in values:
-                raise ReconcilerConfigError(
-                    f"--config {args.config}: unknown setting {key!r} (settings are the "
-                    "flags' names, e.g. concurrent-replicaset-syncs)"
-                )
-            values[name] = ",".join(value) if isinstance(value, list) else value
-    for name, value in vars(args).items():
-        if value is not None and name in values:
-            values[name] = value
+        values.update(_read_config(args.config))
+    for flag in all_flags():
+        given = getattr(args, flag.dest, None)
+        if given is not None:
+            values[flag.dest] = given
+    values["nats_url_source"] = "--nats-url"
+    if values["nats_url"] is None:
+        from_env = os.environ.get("NATS_URL")
+        if from_env:
+            values["nats_url_source"] = "--nats-url (from $NATS_URL)"
+            try:
+                values["nats_url"] = nats_url(from_env)
+            except ValueError as error:
+                raise ReconcilerConfigError(f"--nats-url (from $NATS_URL): {error}") from None
+        else:
+            values["nats_url"] = DEFAULT_NATS_URL
     return values
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    where = f"--config {path}"
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ReconcilerConfigError(f"{where}: no such file") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ReconcilerConfigError(f"{where}: not YAML{at}: {error.problem}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ReconcilerConfigError(f"{where}: {' '.join(str(error).split())}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ReconcilerConfigError(f"{where}: expected a mapping of flag names to values")
+    values: dict[str, Any] = {}
+    for key, value in loaded.items():
+        flag = _by_name().get(str(key))
+        if flag is None:
+            raise ReconcilerConfigError(
+                f"{where}: unknown setting {key!r} (settings are the flags' names, e.g. "
+                "concurrent-replicaset-syncs)"
+            )
+        try:
+            values[flag.dest] = flag.parse(value)
+        except ValueError as error:
+            raise ReconcilerConfigError(f"{where}: {key}: {error}") from None
+    return values
+
+
+def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, Outside]:
+    """What the flags mean together, checked; the kubeconfig read."""
+    gates = _check_feature_gates(str(values["feature_gates"]))
+    controllers = select_controllers(str(values["controllers"]).split(","))
+    concurrency = {
+        controller.name: values[controller.concurrency_flag.replace("-", "_")]
+        for controller in controllers
+        if values.get(controller.concurrency_flag.replace("-", "_")) is not None
+    }
+    options = {
+        controller.name: {
+            option.name: option.default
+            if values.get(option.name.replace("-", "_")) is None
+            else values[option.name.replace("-", "_")]
+            for option in controller.flags
+        }
+        for controller in controllers
+    }
+    try:
+        timing = LeaseTiming(
+            lease_duration=values["partition_lease_duration"],
+            renew_deadline=values["partition_renew_deadline"],
+            retry_period=values["partition_retry_period"],
+        )
+    except ValueError:
+        retry, renew, lease = (
+            format_duration(values[name])
+            for name in (
+                "partition_retry_period",
+                "partition_renew_deadline",
+                "partition_lease_duration",
+            )
+        )
+        raise ReconcilerConfigError(
+            f"--partition-retry-period ({retry}) < --partition-renew-deadline ({renew}) < "
+            f"--partition-lease-duration ({lease}) is needed"
+        ) from None
+    health = _bind_address(values["health_probe_bind_address"], "--health-probe-bind-address")
+    metrics = _bind_address(values["metrics_bind_address"], "--metrics-bind-address")
+    check_probe_addresses(
+        {"--health-probe-bind-address": health, "--metrics-bind-address": metrics}
+    )
+    audit_log: Path | None = values["reconcile_audit_log"]
+    if audit_log is not None:
+        try:
+            audit_log.open("a").close()
+        except OSError as error:
+            raise ReconcilerConfigError(
+                f"--reconcile-audit-log {audit_log}: {error.strerror}"
+            ) from None
+    kubeconfig, kube_config, kube_source = read_kubeconfig(values["kubeconfig"])
+    config = ManagerConfig(
+        nats_url=values["nats_url"],
+        pool=values["pool"],
+        controllers=controllers,
+        layout=BusLayout(prefix=values["bus_prefix"], partitions=values["partitions"]),
+        kubeconfig=kubeconfig,
+        concurrency=concurrency,
+        kube_api_qps=values["kube_api_qps"],
+        kube_api_burst=values["kube_api_burst"],
+        timing=timing,
+        health=health,
+        metrics=metrics,
+        audit_log=audit_log,
+        feature_gates=gates,
+        options=options,
+        connect_timeout=values["connect_timeout"],
+    )
+    outside = Outside(
+        kube_config=kube_config,
+        kube_source=kube_source,
+        nats_url=values["nats_url"],
+        nats_source=values["nats_url_source"],
+        within=values["connect_timeout"],
+    )
+    return config, outside
 
 
 def _check_feature_gates(text: str) -> dict[str, bool]:
@@ -176,17 +497,17 @@ def _check_feature_gates(text: str) -> dict[str, bool]:
         key, sep, value = item.partition("=")
         if not sep or value.lower() not in ("true", "false"):
             raise ReconcilerConfigError(f"--feature-gates: {item!r} is not KEY=true|false")
-        if key not in {gate for c in IMPLEMENTED.values() for gate in c.feature_gates}:
+        if key not in feature_gates():
             raise ReconcilerConfigError(f"--feature-gates: unrecognized feature gate: {key}")
         gates[key] = value.lower() == "true"
     return gates
 
 
-def _bind(text: str, flag: str) -> BindAddress | None:
+def _bind_address(text: str, flag: str) -> BindAddress | None:
     try:
         return parse_bind_address(text, flag=flag)
     except ValueError as error:
-        raise ReconcilerConfigError(str(error)) from error
+        raise ReconcilerConfigError(str(error)) from None
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
@@ -195,4 +516,5 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     ManagerError,
     BusError,
     KubeApiError,
+    StartupError,
 )

@@ -30,14 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from bus.connect import connect_nats
 from bus.deadletter import ensure_dead_letter_stream
 from bus.envelope import Envelope
+from bus.errors import BusError
 from bus.layout import BusLayout
 from bus.streams import ensure_bucket, ensure_object_stream
 from bus.subjects import ObjectRef, ResourceType, partition_of
@@ -87,6 +89,7 @@ class ManagerConfig:
     feature_gates: dict[str, bool] = field(default_factory=dict)
     # Per controller name: its own flags' values (Controller.flags), by flag name.
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    connect_timeout: float = CONNECT_TIMEOUT
 
 
 class _Running(NamedTuple):
@@ -132,12 +135,12 @@ class Manager:
     async def run(self, stop: asyncio.Event, serving: asyncio.Event | None = None) -> None:
         config = self._config
         tracer = setup_tracing("kubus-reconciler")
-        nc = await _connect(config.nats_url, config.member)
+        nc = await _connect(config.nats_url, config.member, config.connect_timeout)
         try:
             js = nc.jetstream()
             self._js = js
             self._max_payload = nc.max_payload
-            await ensure_object_stream(js, self._layout)
+            await ensure_object_stream(js, self._layout, update=False)
             await ensure_dead_letter_stream(js, self._layout)
             members = await self._bucket(js, "members")
             leases = await self._bucket(js, "leases")
@@ -581,21 +584,16 @@ def _partition(request: Request, layout: BusLayout) -> int:
     return partition_of(request.namespace, request.name, layout.partitions)
 
 
-async def _connect(url: str, member: str) -> NatsClient:
+async def _connect(url: str, member: str, within: float) -> NatsClient:
+    # Bounded, one line, no credentials: the URL is shown as ServerUrl prints it.
     try:
-        return await nats.connect(
-            url,
-            name=f"kubus-reconciler-{member}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as failure:
-        raise ManagerError(f"cannot connect to NATS at {url}: {failure}") from failure
+        return await connect_nats(url, name=f"kubus-reconciler-{member}", within=within)
+    except BusError as failure:
+        raise ManagerError(str(failure)) from None
 
 
 async def _close(nc: NatsClient) -> None:
     # Not drain(): acknowledgements are sent already, and drain waits up to 30 s.
-    with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+    with contextlib.suppress(NatsError, TimeoutError, OSError):
         await nc.flush(timeout=2)
     await nc.close()

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind, Tracer
+from opentelemetry.trace import Link, SpanKind, StatusCode, Tracer
 
 from kubus.kube import ConflictError, KubeApiError
+from kubus.logs import log_context
 from kubus.telemetry import HeaderGetter
 from reconcilers import metrics
 from reconcilers.acks import AckTracker, Waiting
@@ -123,20 +124,25 @@ class Worker:
             stored = entry.message.metadata.timestamp
             if stored is not None:
                 metrics.EVENT_LATENCY.labels(self.name).observe(max(0.0, now - stored.timestamp()))
-        try:
-            with self._span(request, waiting):
+        # The log lines of a reconcile, its failure's included, carry the controller, the key
+        # and the span's ids (kubus.logs), so a line leads to its trace.
+        with log_context(controller=self.name, key=request.key), self._span(request, waiting):
+            try:
                 result = await self.controller.reconcile(request)
-        except Exception as error:
-            if not self._settle_failure(request, error):
-                self.acks.put_back((self.name, request), waiting)
-                return
-        else:
-            self.queue.forget(request)
-            if result.requeue_after is not None:
-                self.queue.add_after(request, result.requeue_after)
-        finally:
-            metrics.RECONCILE_DURATION.labels(self.name).observe(time.monotonic() - started)
-            self._audit(request, now)
+            except Exception as error:
+                span = trace.get_current_span()
+                span.record_exception(error)
+                span.set_status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+                if not self._settle_failure(request, error):
+                    self.acks.put_back((self.name, request), waiting)
+                    return
+            else:
+                self.queue.forget(request)
+                if result.requeue_after is not None:
+                    self.queue.add_after(request, result.requeue_after)
+            finally:
+                metrics.RECONCILE_DURATION.labels(self.name).observe(time.monotonic() - started)
+                self._audit(request, now)
         for entry in waiting:
             if entry.settle_one():
                 await entry.message.ack()
@@ -206,6 +212,9 @@ class Worker:
         ]
         return self.tracer.start_as_current_span(
             f"reconcile {self.name}",
+            # A failure is logged and retried by the worker, not an unhandled exception.
+            record_exception=False,
+            set_status_on_exception=False,
             context=parent,
             kind=SpanKind.CONSUMER,
             links=links,

@@ -14,9 +14,12 @@ from kubus.serving import BindAddress
 
 __all__ = [
     "DEFAULT_RESOURCES",
+    "MAX_STREAM_REPLICAS",
+    "MIN_TOMBSTONE_TTL",
     "SECRETS",
     "WatcherConfig",
     "WatcherConfigError",
+    "parse_layout",
     "parse_nats_url",
     "parse_resources",
 ]
@@ -41,6 +44,8 @@ DEFAULT_RESOURCES: Final = tuple(
     )
 )
 SECRETS: Final = ResourceType("", "v1", "secrets")
+MAX_STREAM_REPLICAS: Final = 5  # JetStream's own limit
+MIN_TOMBSTONE_TTL: Final = 1.0  # a NATS message TTL is whole seconds, at least one
 
 
 class WatcherConfigError(ValueError):
@@ -88,13 +93,26 @@ def parse_resources(text: str, *, mirror_secrets: bool) -> tuple[ResourceType, .
     return resources
 
 
-def parse_nats_url(text: str) -> str:
-    """``--nats-url``, checked before anything connects: one NATS URL the watcher can use."""
+def parse_nats_url(text: str, *, source: str = "--nats-url") -> str:
+    """``--nats-url`` (or where its value came from, ``source``), checked before anything
+    connects: one NATS URL the watcher can use. The message never holds its credentials."""
     try:
         ServerUrl.parse(text)
     except BusError as error:
-        raise WatcherConfigError(f"--nats-url: {error}") from None
+        raise WatcherConfigError(f"{source}: {error}") from None
     return text
+
+
+def parse_layout(prefix: str, partitions: int) -> BusLayout:
+    """``--bus-prefix`` and ``--partitions``, as the bus will name and place things."""
+    try:
+        BusLayout(prefix=prefix)
+    except BusError as error:
+        raise WatcherConfigError(f"--bus-prefix: {error}") from None
+    try:
+        return BusLayout(prefix=prefix, partitions=partitions)
+    except BusError as error:
+        raise WatcherConfigError(f"--partitions: {error}") from None
 
 
 def _parse(text: str) -> ResourceType:

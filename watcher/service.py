@@ -9,6 +9,7 @@ import logging
 import nats
 from nats.aio.client import Client as NatsClient
 
+from bus.connect import connect_nats
 from bus.errors import BusError
 from bus.producer import JetStreamProducer
 from bus.streams import StreamSettings, ensure_bucket, ensure_object_stream
@@ -110,33 +111,11 @@ def _synced(watcher: ResourceWatcher) -> Check:
 
 
 async def _connect(url: str) -> NatsClient:
-    async def disconnected() -> None:
-        log.warning("disconnected from NATS; reconnecting")
-
-    async def reconnected() -> None:
-        log.info("reconnected to NATS")
-
-    async def error(exc: Exception) -> None:
-        log.warning("NATS: %s", exc)
-
+    # Bounded, one line, no credentials: the URL is shown as ServerUrl prints it.
     try:
-        return await asyncio.wait_for(
-            nats.connect(
-                url,
-                name="kubus-watcher",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-                connect_timeout=5,
-            ),
-            timeout=CONNECT_TIMEOUT,
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as failure:
-        raise WatcherError(
-            f"cannot connect to NATS at {url} within {CONNECT_TIMEOUT:.0f}s: {failure!r}"
-        ) from failure
+        return await connect_nats(url, name="kubus-watcher", within=CONNECT_TIMEOUT)
+    except BusError as failure:
+        raise WatcherError(str(failure)) from None
 
 
 async def _close(nc: NatsClient) -> None:

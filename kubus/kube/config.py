@@ -8,7 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KubeConfig", "load_kube_config"]
+import yaml
+
+__all__ = ["KubeConfig", "KubeConfigError", "load_kube_config"]
+
+
+class KubeConfigError(ValueError):
+    """A kubeconfig that cannot be used: ``"<path>: why"``, or why none was found (no path)."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path is not None else message)
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -22,24 +32,30 @@ class KubeConfig:
 
 
 def load_kube_config(kubeconfig: Path | None, *, context: str | None = None) -> KubeConfig:
-    """From ``kubeconfig`` if given, else the in-cluster service account, else ~/.kube/config."""
+    """From ``kubeconfig`` if given, else the in-cluster service account, else ~/.kube/config.
+
+    Anything wrong with the file (missing, not YAML, no current context, a certificate file
+    that is not there) is a :class:`KubeConfigError` naming it.
+    """
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
     configuration = client.Configuration()
     if kubeconfig is not None:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig), context=context, client_configuration=configuration
-        )
+        _load_file(kubeconfig, context, configuration)
     else:
         try:
             config.load_incluster_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration
             )
         except ConfigException:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                context=context, client_configuration=configuration
-            )
+            default = Path(config.KUBE_CONFIG_DEFAULT_LOCATION).expanduser()
+            if not default.exists():
+                raise KubeConfigError(
+                    "no kubeconfig: none given (--kubeconfig, $KUBECONFIG), not running in a "
+                    f"cluster, and no {default}"
+                ) from None
+            _load_file(default, context, configuration)
 
     def authorization() -> str | None:
         hook = configuration.refresh_api_key_hook
@@ -48,12 +64,47 @@ def load_kube_config(kubeconfig: Path | None, *, context: str | None = None) -> 
         value: str | None = configuration.get_api_key_with_prefix("authorization")
         return value
 
+    try:
+        ssl_context = _ssl_context(configuration)
+    except (OSError, ssl.SSLError) as error:
+        raise KubeConfigError(f"TLS files: {_one_line(error)}", path=kubeconfig) from None
     return KubeConfig(
         server=configuration.host.rstrip("/"),
-        ssl_context=_ssl_context(configuration),
+        ssl_context=ssl_context,
         authorization=authorization,
         official=configuration,
     )
+
+
+def _load_file(path: Path, context: str | None, configuration: Any) -> None:
+    from kubernetes import config
+
+    if not path.is_file():
+        reason = "is a directory" if path.is_dir() else "no such file"
+        raise KubeConfigError(reason, path=path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise KubeConfigError(f"not YAML{where}: {error.problem}", path=path) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise KubeConfigError(_one_line(error), path=path) from None
+    if not isinstance(document, dict):
+        raise KubeConfigError("not a kubeconfig (a YAML mapping expected)", path=path)
+    try:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(path), context=context, client_configuration=configuration
+        )
+    except Exception as error:  # the loader raises what it meets: YAML, key, type errors
+        raise KubeConfigError(_one_line(error), path=path) from None
+    if not configuration.host or "://" not in configuration.host:
+        raise KubeConfigError("the current context names no server URL", path=path)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 def _ssl_context(configuration: Any) -> ssl.SSLContext | bool:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bus.subjects import ResourceType
@@ -10,6 +12,7 @@ from watcher.config import (
     DEFAULT_RESOURCES,
     SECRETS,
     WatcherConfigError,
+    parse_layout,
     parse_nats_url,
     parse_resources,
 )
@@ -62,3 +65,24 @@ def test_a_bad_nats_url_names_the_flag_and_keeps_the_password_out(url: str, reas
         parse_nats_url(url)
     assert reason in str(raised.value)
     assert "hunter2" not in str(raised.value)
+
+
+def test_a_bad_nats_url_from_the_environment_names_its_source() -> None:
+    with pytest.raises(WatcherConfigError) as raised:
+        parse_nats_url("http://u:hunter2@host", source="--nats-url (from $NATS_URL)")
+    assert str(raised.value).startswith("--nats-url (from $NATS_URL): bad NATS URL")
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "partitions", "message"),
+    [
+        ("Kubus", 32, "--bus-prefix: bus prefix 'Kubus' must be"),
+        ("a.b", 32, "--bus-prefix: bus prefix 'a.b' must be"),
+        ("kubus", 2000, "--partitions: partitions must be between 1 and 1024, not 2000"),
+    ],
+)
+def test_the_layout_flags_are_named(prefix: str, partitions: int, message: str) -> None:
+    with pytest.raises(WatcherConfigError, match=re.escape(message)):
+        parse_layout(prefix, partitions)
+    assert parse_layout("kubus", 7).partitions == 7

@@ -37,7 +37,9 @@ PROBLEMS = [
     f"kubus.controllers entry point 'half-controller' = '{BROKEN}:HalfController' {WHERE} "
     f"{BROKEN}.HalfController is not a controller class: has no aliases, has no primary, "
     "has no reads, has no concurrency_flag, has no default_concurrency, has no scope, "
-    "has no method requests_for, has no method reconcile, "
+    "has no permissions, has no retry, has no feature_gates, has no flags, "
+    "has no enabled_by_default, has no method requests_for, has no method reconcile, "
+    "has no method forget, "
     "its constructor does not take one argument (the Context)",
     f"kubus.controllers entry point 'deployment' = '{BROKEN}:HalfController' {WHERE} "
     "takes the name of kube-controller-manager's deployment-controller",

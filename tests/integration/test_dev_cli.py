@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kubus.devstack.state import read_env_file
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ def _check_detached_stack_then_stop_it(
     up: subprocess.CompletedProcess[str], state_dir: Path
 ) -> None:
     assert up.returncode == 0, up.stderr
-    env_lines = dict(line.split("=", 1) for line in (state_dir / "env").read_text().splitlines())
+    env_lines = read_env_file(state_dir / "env")
     for key in ("KUBECONFIG", "NATS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "JAEGER_QUERY_URL"):
         assert env_lines.get(key), key
     records = json.loads((state_dir / "stack.json").read_text())["processes"]

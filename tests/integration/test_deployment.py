@@ -374,7 +374,7 @@ def test_a_reconcile_is_traced_from_the_watcher_to_the_apiserver(
     assert services[parent["processID"]] == "kubus-watcher"
     assert parent["operationName"].startswith("publish ")
     assert any(c["operationName"].startswith(("POST ", "PUT ", "PATCH ")) for c in children)
-    assert all(services[c["processID"]] in ("kubus-reconciler", "kube-apiserver") for c in children)
+    assert all(services[c["processID"]] in ("kubus-reconciler", "apiserver") for c in children)
 
 
 def test_rolling_back_to_an_earlier_template_reuses_its_replicaset(

@@ -49,12 +49,14 @@ def add_watcher_command(subparsers: argparse._SubParsersAction[ArgumentParser]) 
         default="*",
         help="comma-separated GROUP/VERSION/RESOURCE list; '*' is the default set ("
         + ", ".join(str(r) for r in DEFAULT_RESOURCES)
-        + "), '-G/V/R' removes one",
+        + "), 'all' every resource discovery finds that can be listed and watched (CRDs "
+        "and aggregated APIs included, followed as they come and go), '-G/V/R' removes one",
     )
     parser.add_argument(
         "--mirror-secrets",
         action="store_true",
-        help="allow v1/secrets in --resources (Secret data then travels on the bus)",
+        help="publish Secrets in full (their data then travels on the bus); without it they "
+        "are watched and published as metadata only",
     )
     parser.add_argument(
         "--partitions",
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     )
     config = WatcherConfig(
         nats_url=parse_nats_url(args.nats_url),
-        resources=parse_resources(args.resources, mirror_secrets=args.mirror_secrets),
+        resources=parse_resources(args.resources),
+        mirror_secrets=args.mirror_secrets,
         layout=BusLayout(prefix=args.bus_prefix, partitions=args.partitions),
         kubeconfig=args.kubeconfig,
         health=parse_bind_address(

@@ -45,7 +45,7 @@ class _Version(msgspec.Struct):
 class _Spec(msgspec.Struct):
     group: str = ""
     names: _Names = msgspec.field(default_factory=_Names)
-    versions: list[_Version] = msgspec.field(default_factory=list)
+    versions: list[_Version] | None = None
 
 
 class _Condition(msgspec.Struct):
@@ -54,7 +54,7 @@ class _Condition(msgspec.Struct):
 
 
 class _Status(msgspec.Struct):
-    conditions: list[_Condition] = msgspec.field(default_factory=list)
+    conditions: list[_Condition] | None = None  # null until the apiserver has looked at it
 
 
 class _Meta(msgspec.Struct):
@@ -64,14 +64,13 @@ class _Meta(msgspec.Struct):
 class _Crd(msgspec.Struct):
     metadata: _Meta = msgspec.field(default_factory=_Meta)
     spec: _Spec = msgspec.field(default_factory=_Spec)
-    status: _Status = msgspec.field(default_factory=_Status)
+    status: _Status | None = None
 
     def served(self) -> GroupResource | None:
         """The CRD's group and resource, if the apiserver serves it now."""
-        established = any(
-            c.type == "Established" and c.status == "True" for c in self.status.conditions
-        )
-        if established and any(v.served for v in self.spec.versions):
+        conditions = (self.status.conditions if self.status else None) or []
+        established = any(c.type == "Established" and c.status == "True" for c in conditions)
+        if established and any(v.served for v in self.spec.versions or []):
             return (self.spec.group, self.spec.names.plural)
         return None
 

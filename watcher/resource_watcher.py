@@ -38,7 +38,7 @@ from nats.js.kv import KeyValue
 from bus.envelope import EventType, resource_version_number
 from bus.layout import BusLayout
 from bus.subjects import ResourceType
-from kubus.kube import ApiResource, GoneError, KubeApiError, KubeClient, NotFoundError
+from kubus.kube import ApiResource, GoneError, KubeApiError, KubeClient
 from watcher import metrics
 from watcher.events import ObjectEventFactory
 from watcher.publisher import BusPublisher, ObjectEvent
@@ -84,7 +84,11 @@ class ResourceWatcher:
         self._layout = layout
         self._watch_timeout = watch_timeout
         self._label = str(resource)
-        self._checkpoint_key = f"rv.{resource.tokens}"
+        # One resume point per representation: a watcher that publishes the other one
+        # (--mirror-secrets switched) lists, and so republishes every object in its own.
+        full_key, metadata_key = f"rv.{resource.tokens}", f"rv.{resource.tokens}.metadata"
+        self._checkpoint_key = metadata_key if metadata_only else full_key
+        self._other_key = full_key if metadata_only else metadata_key
         self._object_event = ObjectEventFactory(
             api=api,
             resource=resource,
@@ -129,25 +133,29 @@ class ResourceWatcher:
         while True:
             if self._recheck:
                 resource_version = None
-            gone: NotFoundError | None = None
+            gone: KubeApiError | None = None
             try:
                 if resource_version is None:
                     resource_version = await self._relist()
                     self.synced.set()
                 resource_version = await self._interruptible_watch(resource_version)
                 failures = 0
-            except NotFoundError as error:
-                if resource_version is None:  # the list: the resource is gone
+            except GoneError as error:
+                log.info("%s: watch expired (%s); relisting", self._label, error.message)
+                resource_version = None
+            except KubeApiError as error:
+                # A removed API group answers a plain "404 page not found", not a Status.
+                if error.status != 404:
+                    failures += 1
+                    await self._back_off(failures, error)
+                elif resource_version is None:  # the list: the resource is gone
                     gone = error
                 else:  # the watch: confirm with a list, and back off if the list works
                     failures += 1
                     if failures > 1:
                         await self._back_off(failures, error)
-                resource_version = None
-            except GoneError as error:
-                log.info("%s: watch expired (%s); relisting", self._label, error.message)
-                resource_version = None
-            except (KubeApiError, aiohttp.ClientError, TimeoutError, OSError) as error:
+                    resource_version = None
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
                 failures += 1
                 await self._back_off(failures, error)
             if gone is not None:
@@ -209,15 +217,22 @@ class ResourceWatcher:
         self._retired = True
         with contextlib.suppress(NatsError, TimeoutError):
             await self._checkpoints.delete(self._checkpoint_key)
+        said = error.message.strip() or error.reason
         log.info(
             "%s is no longer served (%s): its watch stopped; %d objects it left live on the "
             "bus got a tombstone",
             self._label,
-            error,
+            said if said.startswith(str(error.status)) else f"{error.status} {said}",
             len(live),
         )
 
     async def _resume_point(self) -> str | None:
+        try:
+            # The other representation's resume point would skip objects published in it.
+            await self._checkpoints.get(self._other_key)
+            await self._checkpoints.delete(self._other_key)
+        except KeyNotFoundError:
+            pass
         try:
             entry = await self._checkpoints.get(self._checkpoint_key)
         except KeyNotFoundError:

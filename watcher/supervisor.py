@@ -138,10 +138,22 @@ class WatchSupervisor:
                 self._crds = CrdFollower(
                     kube=self._kube, api=crds, changed=self._crds_changed, removed=self._removed
                 )
-                group.create_task(self._crds.run(), name="follow CRDs")
+                group.create_task(self._follow_crds(self._crds), name="follow CRDs")
             group.create_task(self._rediscover(), name="rediscover")
 
     # --- discovery ------------------------------------------------------------------------
+
+    async def _follow_crds(self, follower: CrdFollower) -> None:
+        failures = 0
+        while True:
+            try:
+                await follower.run()
+                return  # cannot list CRDs: the periodic re-discovery has to do
+            except Exception:
+                failures += 1
+                delay = min(_RESTART_MAX, _RESTART_MIN * 2 ** min(failures, 10))
+                log.exception("following CRDs failed; starting again in %.0fs", delay)
+                await asyncio.sleep(delay)
 
     def _crds_changed(self) -> None:
         self._quick_retries = _QUICK_RETRIES

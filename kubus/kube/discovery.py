@@ -220,15 +220,20 @@ def select_preferred(groups: Iterable[ApiGroup]) -> tuple[ApiResource, ...]:
     return tuple(chosen.values())
 
 
-async def discover_all(kube: KubeClient) -> Discovery:
+async def discover_all(kube: KubeClient, *, aggregated: bool = True) -> Discovery:
     """Every resource the apiserver serves; raises :class:`KubeApiError` only when discovery
-    itself fails (``/api`` or ``/apis``), a failing group version goes into ``failed``."""
+    itself fails (``/api`` or ``/apis``), a failing group version goes into ``failed``.
+    ``aggregated=False`` asks for the legacy format only (as against an older server)."""
     failed: dict[GroupVersion, str] = {}
-    core, core_type = await kube.get_document("/api", accept=_ACCEPT)
-    apis, apis_type = await kube.get_document("/apis", accept=_ACCEPT)
+    accept = _ACCEPT if aggregated else "application/json"
+    core, core_type = await kube.get_document("/api", accept=accept)
+    apis, apis_type = await kube.get_document("/apis", accept=accept)
     if _is_aggregated(core_type) and _is_aggregated(apis_type):
         groups = parse_aggregated(core, failed) + parse_aggregated(apis, failed)
     else:
+        if _is_aggregated(core_type) or _is_aggregated(apis_type):  # one of each: legacy both
+            core, _type = await kube.get_document("/api", accept="application/json")
+            apis, _type = await kube.get_document("/apis", accept="application/json")
         groups = await _legacy_groups(kube, core, apis, failed)
     return Discovery(
         resources={

@@ -52,16 +52,22 @@ def test_all_watches_what_kubectl_api_resources_lists(
         listed = _kubectl(stack_env, "api-resources", "--verbs=list,watch", "-o", "name")
         return set(listed.split())
 
-    async def ours() -> set[str]:
+    async def ours(*, aggregated: bool) -> set[tuple[str, str, str]]:
         async with KubeClient(load_kube_config(Path(stack_env["KUBECONFIG"]))) as kube:
-            found = await discover_all(kube)
+            found = await discover_all(kube, aggregated=aggregated)
+        assert not found.failed
         return {
-            f"{api.name}.{api.group}" if api.group else api.name
+            (api.group, api.version, api.name)
             for api in found.preferred
             if {"list", "watch"} <= api.verbs
         }
 
-    before, discovered, after = kubectl_names(), asyncio.run(ours()), kubectl_names()
+    before = kubectl_names()
+    chosen = asyncio.run(ours(aggregated=True))
+    legacy = asyncio.run(ours(aggregated=False))  # a request per group version
+    after = kubectl_names()
+    assert legacy == chosen
+    discovered = {f"{name}.{group}" if group else name for group, _v, name in chosen}
     assert discovered in (before, after)
     assert {"pods", "secrets", "customresourcedefinitions.apiextensions.k8s.io"} <= discovered
     assert "bindings" not in discovered  # create only
@@ -82,7 +88,10 @@ def test_a_crd_created_while_running_is_watched_and_its_deletion_ends_the_watch_
     group = f"g{uuid.uuid4().hex[:8]}.kubus.example"
     gizmos = ResourceType(group, "v1", "gizmos")
     crd_name = f"gizmos.{group}"
-    with watcher(stack_env, tmp_path, f"--bus-prefix={prefix}", "--resources=all") as process:
+    with (
+        _deleted_afterwards(extensions, crd_name),
+        watcher(stack_env, tmp_path, f"--bus-prefix={prefix}", "--resources=all") as process,
+    ):
         baseline = process.metric("kubus_watcher_resources")
         created = time.monotonic()
         extensions.create_custom_resource_definition(_crd(group))
@@ -353,6 +362,16 @@ def _crd(group: str) -> dict[str, Any]:
             ],
         },
     }
+
+
+@contextmanager
+def _deleted_afterwards(api: client.ApiextensionsV1Api, name: str) -> Iterator[None]:
+    """A test that fails half-way leaves no CRD behind on a reused stack."""
+    try:
+        yield
+    finally:
+        if _exists(api, name):
+            api.delete_custom_resource_definition(name)
 
 
 def _established(api: client.ApiextensionsV1Api, name: str) -> bool:

@@ -124,6 +124,13 @@ class ResourceSelection:
                     watch.setdefault(ResourceType(api.group, api.version, api.name), api)
         return Resolution(watch, tuple(unknown), tuple(unwatchable), undiscovered)
 
+    def would_watch(self, resource: ResourceType) -> bool:
+        """Whether the selection takes ``resource`` when discovery serves it (as preferred)."""
+        if resource in self.listed:
+            return True
+        named = {(r.group, r.resource) for r in (*self.listed, *self.excluded)}
+        return self.everything and (resource.group, resource.resource) not in named
+
 
 def parse_resources(text: str) -> ResourceSelection:
     """``--resources``: ``*`` is the default set, ``all`` every resource discovery finds,

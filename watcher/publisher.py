@@ -178,6 +178,14 @@ class BusPublisher:
             if not known.deleted and infix in subject
         }
 
+    def live_resources(self) -> set[ResourceType]:
+        """The resources of which the bus holds live objects (a scan: for start-up only)."""
+        return {
+            self._layout.decode(subject)[1].resource
+            for subject, known in self._known.items()
+            if not known.deleted
+        }
+
     async def last_payload(self, ref: ObjectRef) -> bytes | None:
         envelope = await self._reader.latest(ref)
         return None if envelope is None else envelope.payload

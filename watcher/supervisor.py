@@ -133,6 +133,9 @@ class WatchSupervisor:
             self._group = group
             for resource, api in initial.items():
                 self._start(resource, api, load=False)
+            for resource in self._unserved_on_bus(discovery, initial):
+                log.info("%s: on the bus, no longer served; checking", resource)
+                self._start(resource, _unserved(resource), load=False)
             crds = discovery.find(*_CRDS)
             if crds is not None:
                 self._crds = CrdFollower(
@@ -140,6 +143,22 @@ class WatchSupervisor:
                 )
                 group.create_task(self._follow_crds(self._crds), name="follow CRDs")
             group.create_task(self._rediscover(), name="rediscover")
+
+    def _unserved_on_bus(
+        self, discovery: Discovery, initial: Mapping[ResourceType, ApiResource]
+    ) -> list[ResourceType]:
+        """Selected resources the bus holds live objects of, that no version of which is served
+        now (a CRD deleted while no watcher ran): their watchers list, get ``404``, and leave
+        tombstones. A resource served in another version keeps its old subjects."""
+        served = {(api.group, api.name) for api in discovery.resources.values()}
+        return sorted(
+            resource
+            for resource in self._publisher.live_resources()
+            if resource not in initial
+            and (resource.group, resource.resource) not in served
+            and (resource.group, resource.version) not in discovery.failed
+            and self._selection.would_watch(resource)
+        )
 
     # --- discovery ------------------------------------------------------------------------
 
@@ -284,3 +303,8 @@ class WatchSupervisor:
                 del self._watches[resource]
             if resource not in self._watches:
                 self._ended.add(resource)
+
+
+def _unserved(resource: ResourceType) -> ApiResource:
+    """What a watcher needs to find out that a resource is gone: its path."""
+    return ApiResource(resource.group, resource.version, resource.resource, "", False, frozenset())

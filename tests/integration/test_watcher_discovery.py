@@ -150,6 +150,67 @@ def test_a_crd_created_while_running_is_watched_and_its_deletion_ends_the_watch_
         assert process.metric("kubus_watcher_resources") == baseline
         assert process.metric("kubus_watcher_watch_restarts_total", resource=str(gizmos)) == 0
 
+        # Re-created, it is watched again, without a restart.
+        extensions.create_custom_resource_definition(_crd(group))
+        wait_for(lambda: _established(extensions, crd_name), timeout=30, what="Established")
+        custom.create_cluster_custom_object(
+            group, "v1", "gizmos", {**gizmo, "metadata": {"name": "second"}}
+        )
+        wait_for(
+            lambda: "second" in objects_on_bus(stack_env, prefix, gizmos, None),
+            timeout=30,
+            what="an object of the re-created CRD on the bus",
+        )
+        assert process.ready()
+
+
+def test_a_crd_deleted_while_no_watcher_ran_leaves_tombstones_at_the_next_start(
+    kube: Any, stack_env: dict[str, str], prefix: str, tmp_path: Path
+) -> None:
+    extensions = client.ApiextensionsV1Api(kube)
+    custom = client.CustomObjectsApi(kube)
+    group = f"g{uuid.uuid4().hex[:8]}.kubus.example"
+    gizmos = ResourceType(group, "v1", "gizmos")
+    crd_name = f"gizmos.{group}"
+    args = (f"--bus-prefix={prefix}", "--resources=all")
+    with _deleted_afterwards(extensions, crd_name):
+        extensions.create_custom_resource_definition(_crd(group))
+        wait_for(lambda: _established(extensions, crd_name), timeout=30, what="Established")
+        for name in ("one", "two"):
+            custom.create_cluster_custom_object(
+                group,
+                "v1",
+                "gizmos",
+                {"apiVersion": f"{group}/v1", "kind": "Gizmo", "metadata": {"name": name}},
+            )
+        with watcher(stack_env, tmp_path, *args, name="first"):
+            wait_for(
+                lambda: set(objects_on_bus(stack_env, prefix, gizmos, None)) == {"one", "two"},
+                timeout=30,
+                what="the gizmos on the bus",
+            )
+        extensions.delete_custom_resource_definition(crd_name)
+        wait_for(
+            lambda: not _exists(extensions, crd_name), timeout=60, what="the CRD to be deleted"
+        )
+        with watcher(stack_env, tmp_path, *args, name="second") as second:
+            on_bus = wait_for(
+                lambda: (
+                    (found := objects_on_bus(stack_env, prefix, gizmos, None))
+                    and all(envelope.deleted for envelope in found.values())
+                    and found
+                ),
+                timeout=30,
+                what="tombstones for the objects of the CRD deleted meanwhile",
+            )
+            assert set(on_bus) == {"one", "two"}
+            wait_for(
+                lambda: _mentions(second, gizmos, "2 objects it left live on the bus"),
+                timeout=30,
+                what="the log line of the retired resource",
+            )
+            assert second.ready()
+
 
 def test_secrets_travel_as_metadata_only_without_mirror_secrets(
     kube: Any, namespace: str, stack_env: dict[str, str], prefix: str, tmp_path: Path

@@ -10,7 +10,11 @@ bus held). Headers carry what a reader needs without decoding the payload:
 ``Kubus-Uid``                 the object's uid
 ``Kubus-Reference``           ``true`` when the object was too large for a message: the
                               payload then holds only its identity; read it from the apiserver
-``Nats-Msg-Id``               ``<uid>:<resourceVersion>[:DELETED]``, so a republish dedupes
+``Kubus-Metadata-Only``       ``true`` when the payload is the object's metadata only, by
+                              policy (Secrets without ``--mirror-secrets``): apiVersion, kind
+                              and metadata; read anything else from the apiserver
+``Nats-Msg-Id``               ``<uid>:<resourceVersion>[:DELETED][:METADATA]``, so a
+                              republish dedupes
 ``traceparent``               the W3C trace context of the watcher's publish span
 ============================  ===========================================================
 """
@@ -44,6 +48,7 @@ class Header:
     RESOURCE_VERSION: Final = "Kubus-Resource-Version"
     UID: Final = "Kubus-Uid"
     REFERENCE: Final = "Kubus-Reference"
+    METADATA_ONLY: Final = "Kubus-Metadata-Only"
     MSG_ID: Final = "Nats-Msg-Id"
     EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
     TTL: Final = "Nats-TTL"
@@ -108,8 +113,14 @@ def resource_version_number(resource_version: str) -> int:
         return -1
 
 
-def msg_id(uid: str, resource_version: str, event: EventType) -> str:
+def msg_id(
+    uid: str, resource_version: str, event: EventType, *, metadata_only: bool = False
+) -> str:
+    """The dedupe id; the representation is part of it, so that the same state republished
+    as metadata only (or in full) replaces what the bus holds instead of deduping."""
     suffix = ":DELETED" if event is EventType.DELETED else ""
+    if metadata_only:
+        suffix += ":METADATA"
     return f"{uid}:{resource_version}{suffix}"
 
 
@@ -120,6 +131,7 @@ def header_block(
     expected_last_sequence: int,
     *,
     reference: bool = False,
+    metadata_only: bool = False,
     ttl: str | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> bytes:
@@ -131,13 +143,15 @@ def header_block(
     text = (
         f"NATS/1.0\r\n{Header.EVENT}: {event}\r\n"  # a StrEnum formats as its value
         f"{Header.RESOURCE_VERSION}: {resource_version}\r\n{Header.UID}: {uid}\r\n"
-        f"{Header.MSG_ID}: {msg_id(uid, resource_version, event)}\r\n"
+        f"{Header.MSG_ID}: {msg_id(uid, resource_version, event, metadata_only=metadata_only)}\r\n"
         f"{Header.EXPECTED_LAST_SUBJECT_SEQUENCE}: {expected_last_sequence}\r\n"
     )
     if "\n" in resource_version or "\r" in resource_version or "\n" in uid or "\r" in uid:
         raise ValueError(f"uid {uid!r} or resourceVersion {resource_version!r} has a line break")
     if reference:
         text += f"{Header.REFERENCE}: true\r\n"
+    if metadata_only:
+        text += f"{Header.METADATA_ONLY}: true\r\n"
     if ttl is not None:
         text += f"{Header.TTL}: {ttl}\r\n"
     if extra:
@@ -183,6 +197,7 @@ class Envelope(msgspec.Struct, frozen=True):
     payload: bytes
     reference: bool = False
     traceparent: str | None = None
+    metadata_only: bool = False
 
     @property
     def deleted(self) -> bool:
@@ -212,4 +227,5 @@ class Envelope(msgspec.Struct, frozen=True):
             payload=payload,
             reference=headers.get(Header.REFERENCE) == "true",
             traceparent=headers.get(Header.TRACEPARENT),
+            metadata_only=headers.get(Header.METADATA_ONLY) == "true",
         )

@@ -89,12 +89,14 @@ def add_watcher_command(subparsers: argparse._SubParsersAction[ArgumentParser]) 
         metavar="LIST",
         help="comma-separated GROUP/VERSION/RESOURCE list; '*' is the default set ("
         + ", ".join(str(r) for r in DEFAULT_RESOURCES)
-        + "), '-G/V/R' removes one",
+        + "), 'all' every resource discovery finds that can be listed and watched (CRDs "
+        "and aggregated APIs included, followed as they come and go), '-G/V/R' removes one",
     )
     parser.add_argument(
         "--mirror-secrets",
         action="store_true",
-        help="allow v1/secrets in --resources (Secret data then travels on the bus)",
+        help="publish Secrets in full (their data then travels on the bus); without it they "
+        "are watched and published as metadata only",
     )
     parser.add_argument(
         "--partitions",
@@ -175,7 +177,7 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
         url = parse_nats_url(os.environ["NATS_URL"], source=nats_source)
     else:
         url = DEFAULT_NATS_URL
-    resources = parse_resources(args.resources, mirror_secrets=args.mirror_secrets)
+    resources = parse_resources(args.resources)
     layout = parse_layout(args.bus_prefix, args.partitions)
     health = _bind_address(args.health_probe_bind_address, "--health-probe-bind-address")
     metrics = _bind_address(args.metrics_bind_address, "--metrics-bind-address")
@@ -186,6 +188,7 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
     config = WatcherConfig(
         nats_url=url,
         resources=resources,
+        mirror_secrets=args.mirror_secrets,
         layout=layout,
         kubeconfig=kubeconfig,
         health=health,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -10,15 +10,21 @@ from bus.connection import ServerUrl
 from bus.errors import BusError
 from bus.layout import BusLayout
 from bus.subjects import ResourceType
+from kubus.kube import ApiResource, Discovery
 from kubus.serving import BindAddress
 
 __all__ = [
+    "ALL",
     "DEFAULT_RESOURCES",
     "MAX_STREAM_REPLICAS",
     "MIN_TOMBSTONE_TTL",
     "SECRETS",
+    "WATCH_VERBS",
+    "Resolution",
+    "ResourceSelection",
     "WatcherConfig",
     "WatcherConfigError",
+    "is_secret",
     "parse_layout",
     "parse_nats_url",
     "parse_resources",
@@ -52,10 +58,14 @@ class WatcherConfigError(ValueError):
     """A watcher setting that cannot work; the message names the flag."""
 
 
+ALL: Final = "all"
+WATCH_VERBS: Final = frozenset({"list", "watch"})
+
+
 @dataclass(frozen=True)
 class WatcherConfig:
     nats_url: str
-    resources: tuple[ResourceType, ...]
+    resources: ResourceSelection
     layout: BusLayout
     kubeconfig: Path | None = None
     health: BindAddress | None = None
@@ -63,34 +73,97 @@ class WatcherConfig:
     tombstone_ttl: float = 24 * 3600.0
     stream_replicas: int = 1
     max_in_flight: int = 1024
+    # Secrets in full; without it they travel as metadata only.
+    mirror_secrets: bool = False
+    # How often discovery is asked again (kube-controller-manager's GC: 30 s).
+    rediscover_every: float = 30.0
 
 
-def parse_resources(text: str, *, mirror_secrets: bool) -> tuple[ResourceType, ...]:
-    """``--resources``: ``*`` is the default set, ``G/V/R`` adds, ``-G/V/R`` removes.
+@dataclass(frozen=True)
+class Resolution:
+    """A selection against what discovery found: what to watch, and what cannot be."""
 
-    Secrets are refused unless ``--mirror-secrets`` is set: they must not reach the bus by
-    accident.
+    watch: dict[ResourceType, ApiResource]
+    # Named in --resources, not served (at start-up an error; later, until it is served).
+    unknown: tuple[ResourceType, ...] = ()
+    # Named in --resources, served without list and watch.
+    unwatchable: tuple[ResourceType, ...] = ()
+    # Named in --resources, in a group version discovery could not describe: why.
+    undiscovered: dict[ResourceType, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResourceSelection:
+    """What ``--resources`` asks for, before discovery says what is served.
+
+    ``everything`` (the token ``all``) adds every resource discovery finds that supports list
+    and watch, in the version client-go's ServerPreferredResources picks. A resource named
+    explicitly (or by ``*``) is watched in the version named, instead of the preferred one.
+    An exclusion removes the named group/version/resource, and from what ``all`` finds the
+    resource of that group and name in whichever version discovery prefers.
     """
+
+    listed: tuple[ResourceType, ...] = ()
+    excluded: frozenset[ResourceType] = frozenset()
+    everything: bool = False
+
+    def resolve(self, discovery: Discovery) -> Resolution:
+        watch: dict[ResourceType, ApiResource] = {}
+        unknown: list[ResourceType] = []
+        unwatchable: list[ResourceType] = []
+        undiscovered: dict[ResourceType, str] = {}
+        for resource in self.listed:
+            api = discovery.find(resource.group, resource.version, resource.resource)
+            if api is None:
+                reason = discovery.failed.get((resource.group, resource.version))
+                if reason is None:
+                    unknown.append(resource)
+                else:
+                    undiscovered[resource] = reason
+            elif not api.verbs >= WATCH_VERBS:
+                unwatchable.append(resource)
+            else:
+                watch[resource] = api
+        if self.everything:
+            named = {(r.group, r.resource) for r in (*self.listed, *self.excluded)}
+            for api in discovery.preferred:
+                if (api.group, api.name) not in named and api.verbs >= WATCH_VERBS:
+                    watch.setdefault(ResourceType(api.group, api.version, api.name), api)
+        return Resolution(watch, tuple(unknown), tuple(unwatchable), undiscovered)
+
+    def would_watch(self, resource: ResourceType) -> bool:
+        """Whether the selection takes ``resource`` when discovery serves it (as preferred)."""
+        if resource in self.listed:
+            return True
+        named = {(r.group, r.resource) for r in (*self.listed, *self.excluded)}
+        return self.everything and (resource.group, resource.resource) not in named
+
+
+def parse_resources(text: str) -> ResourceSelection:
+    """``--resources``: ``*`` is the default set, ``all`` every resource discovery finds,
+    ``G/V/R`` adds one, ``-G/V/R`` removes one (wherever it is in the list)."""
     chosen: list[ResourceType] = []
     removed: set[ResourceType] = set()
+    everything = False
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
         if item == "*":
             chosen.extend(DEFAULT_RESOURCES)
+        elif item == ALL:
+            everything = True
         elif item.startswith("-"):
             removed.add(_parse(item[1:]))
         else:
             chosen.append(_parse(item))
-    resources = tuple(dict.fromkeys(r for r in chosen if r not in removed))
-    if SECRETS in resources and not mirror_secrets:
-        raise WatcherConfigError(
-            "--resources names v1/secrets, but Secrets are kept off the bus unless "
-            "--mirror-secrets is set"
-        )
-    if not resources:
+    listed = tuple(dict.fromkeys(r for r in chosen if r not in removed))
+    if not listed and not everything:
         raise WatcherConfigError(f"--resources {text!r} selects no resource")
-    return resources
+    return ResourceSelection(listed, frozenset(removed), everything)
+
+
+def is_secret(resource: ResourceType) -> bool:
+    return resource.group == SECRETS.group and resource.resource == SECRETS.resource
 
 
 def parse_nats_url(text: str, *, source: str = "--nats-url") -> str:

@@ -4,13 +4,21 @@ One msgspec projection decode per object (about a microsecond for a pod); the ob
 go on the bus as the apiserver sent them, with ``apiVersion`` and ``kind`` added to list items
 (which the apiserver sends without them). An object too large for a NATS message becomes a
 reference: its identity only, with a logged error naming it.
+
+A metadata-only resource (Secrets without ``--mirror-secrets``) is listed and watched as
+PartialObjectMetadata, so its data never reaches the watcher; what goes on the bus is rebuilt
+from the metadata alone, under the resource's own apiVersion and kind, without managedFields
+and without kubectl's last-applied-configuration annotation (which holds the whole object as
+applied, a Secret's values included).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
+
+import msgspec
 
 from bus.envelope import EventType, decode_meta, reference_payload, resource_version_number
 from bus.layout import BusLayout
@@ -27,6 +35,15 @@ log = logging.getLogger(__name__)
 _HEADER_ROOM: Final = 2048
 # Past this many remembered subjects the memo starts over (about 200 bytes an entry).
 _LOCATED_MAX: Final = 200_000
+LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+class _Metadata(msgspec.Struct):
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_metadata_decoder = msgspec.json.Decoder(_Metadata)
+_encoder = msgspec.json.Encoder()
 
 
 class ObjectEventFactory:
@@ -38,8 +55,10 @@ class ObjectEventFactory:
         layout: BusLayout,
         max_payload: int,
         known: Callable[[str], Known | None],
+        metadata_only: bool = False,
     ) -> None:
         self._api = api
+        self.metadata_only = metadata_only
         self._resource = resource
         self._layout = layout
         self._max_payload = max_payload
@@ -76,7 +95,9 @@ class ObjectEventFactory:
             identity = decode_identity(raw)
         meta = identity.metadata
         payload = raw
-        if not identity.api_version:
+        if self.metadata_only:
+            payload = self.metadata_payload(raw)
+        elif not identity.api_version:
             payload = self._list_prefix + raw[1:]
         namespace = meta.namespace if self._api.namespaced else None
         located = self._located.get((namespace, meta.name))
@@ -111,4 +132,19 @@ class ObjectEventFactory:
             uid=meta.uid,
             payload=payload,
             reference=reference,
+            metadata_only=self.metadata_only,
+        )
+
+    def metadata_payload(self, raw: bytes) -> bytes:
+        """The object as metadata only: whatever ``raw`` holds (a PartialObjectMetadata, or a
+        full object: a bus payload from a watcher that mirrored it), nothing else survives."""
+        metadata = _metadata_decoder.decode(raw).metadata
+        metadata.pop("managedFields", None)
+        annotations = metadata.get("annotations")
+        if isinstance(annotations, dict):
+            annotations.pop(LAST_APPLIED, None)
+            if not annotations:
+                del metadata["annotations"]
+        return _encoder.encode(
+            {"apiVersion": self._api.api_version, "kind": self._api.kind, "metadata": metadata}
         )

@@ -14,6 +14,7 @@ __all__ = [
     "PUBLISH_CONFLICTS",
     "PUBLISH_LATENCY",
     "RELISTS",
+    "RESOURCES",
     "STALE_EVENTS",
     "WATCH_RESTARTS",
 ]
@@ -61,4 +62,9 @@ LAST_EVENT_TIMESTAMP = Gauge(
     "kubus_watcher_last_resource_version_timestamp_seconds",
     "When the watcher last saw a new resourceVersion (event or bookmark); age = now - value.",
     ["resource"],
+)
+RESOURCES = Gauge(
+    "kubus_watcher_resources",
+    "Resources watched: 'syncing' until the initial list is published, then 'watching'.",
+    ["state"],
 )

@@ -11,6 +11,10 @@ Across subjects, up to ``max_in_flight`` publishes are pipelined.
 
 Every submitted event gets a future that resolves once the bus holds that state or a newer
 one; the resource watchers use it to store a resume point only behind acknowledged events.
+
+A state the bus holds in the other representation (in full, where the watcher now publishes
+metadata only, or the reverse: ``--mirror-secrets`` was switched) is published again at the
+same resourceVersion, so switching the flag off takes Secret data off the bus.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from nats.js import JetStreamContext
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Tracer
 
-from bus.envelope import EventType, header_block, resource_version_number
+from bus.envelope import Envelope, EventType, header_block, resource_version_number
 from bus.layout import BusLayout
 from bus.producer import JetStreamProducer, PubAck, PublishRejected
 from bus.reader import ObjectStreamReader
@@ -62,6 +66,7 @@ class ObjectEvent:
     uid: str
     payload: bytes
     reference: bool = False
+    metadata_only: bool = False
     received: float = field(default_factory=time.monotonic)
 
 
@@ -73,6 +78,7 @@ class Known:
     resource_version: int
     uid: str
     deleted: bool
+    metadata_only: bool = False
 
 
 @dataclass(slots=True)
@@ -149,19 +155,15 @@ class BusPublisher:
         """Learn what the bus holds for these resources (headers only); returns the count."""
         count = 0
         for resource in resources:
-            async for envelope in self._reader.replay(
-                self._layout.resource_filter(resource), headers_only=True
-            ):
-                self._remember(
-                    envelope.subject,
-                    Known(
-                        envelope.sequence,
-                        resource_version_number(envelope.resource_version),
-                        envelope.uid,
-                        envelope.deleted,
-                    ),
-                )
-                count += 1
+            count += await self.load_filter(self._layout.resource_filter(resource))
+        return count
+
+    async def load_filter(self, filter_subject: str) -> int:
+        """Learn what the bus holds under one subject filter (headers only)."""
+        count = 0
+        async for envelope in self._reader.replay(filter_subject, headers_only=True):
+            self._remember(envelope.subject, _known(envelope))
+            count += 1
         return count
 
     def known(self, subject: str) -> Known | None:
@@ -174,6 +176,14 @@ class BusPublisher:
             subject: known
             for subject, known in self._known.items()
             if not known.deleted and infix in subject
+        }
+
+    def live_resources(self) -> set[ResourceType]:
+        """The resources of which the bus holds live objects (a scan: for start-up only)."""
+        return {
+            self._layout.decode(subject)[1].resource
+            for subject, known in self._known.items()
+            if not known.deleted
         }
 
     async def last_payload(self, ref: ObjectRef) -> bytes | None:
@@ -194,7 +204,11 @@ class BusPublisher:
             await self._capacity.acquire()
         subject = event.subject
         known = self._known.get(subject)
-        if known is not None and event.resource_version <= known.resource_version:
+        if (
+            known is not None
+            and event.resource_version <= known.resource_version
+            and not _recoded(known, event)
+        ):
             self._capacity.release()
             metrics.STALE_EVENTS.labels(event.resource.label).inc()
             done.set_result(None)
@@ -250,6 +264,7 @@ class BusPublisher:
                 event.uid,
                 known.sequence if known else 0,
                 reference=event.reference,
+                metadata_only=event.metadata_only,
                 ttl=self._tombstone_ttl if event.event is EventType.DELETED else None,
                 extra=trace,
             )
@@ -271,7 +286,13 @@ class BusPublisher:
             return
         self._remember(
             event.subject,
-            Known(ack.seq, event.resource_version, event.uid, event.event is EventType.DELETED),
+            Known(
+                ack.seq,
+                event.resource_version,
+                event.uid,
+                event.event is EventType.DELETED,
+                event.metadata_only,
+            ),
         )
         counter = self._published.get((event.resource.label, event.event))
         if counter is None:  # labels() costs more than the increment; keep the children
@@ -325,15 +346,7 @@ class BusPublisher:
         if envelope is None:
             self._known.pop(event.subject, None)
         else:
-            self._remember(
-                event.subject,
-                Known(
-                    envelope.sequence,
-                    resource_version_number(envelope.resource_version),
-                    envelope.uid,
-                    envelope.deleted,
-                ),
-            )
+            self._remember(event.subject, _known(envelope))
             if resource_version_number(envelope.resource_version) >= event.resource_version:
                 metrics.STALE_EVENTS.labels(event.resource.label).inc()
                 self._finish(slot)
@@ -385,3 +398,23 @@ class BusPublisher:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("publisher background work failed", exc_info=task.exception())
+
+
+def _known(envelope: Envelope) -> Known:
+    return Known(
+        envelope.sequence,
+        resource_version_number(envelope.resource_version),
+        envelope.uid,
+        envelope.deleted,
+        envelope.metadata_only,
+    )
+
+
+def _recoded(known: Known, event: ObjectEvent) -> bool:
+    """The bus holds this very state, live, in the other representation."""
+    return (
+        known.metadata_only != event.metadata_only
+        and not known.deleted
+        and event.event is not EventType.DELETED
+        and known.resource_version == event.resource_version
+    )

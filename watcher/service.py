@@ -1,4 +1,4 @@
-"""The watcher process: connect, provision the bus, run one ResourceWatcher per resource."""
+"""The watcher process: connect, provision the bus, discover, and supervise the watches."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from bus.connect import connect_nats
 from bus.errors import BusError
 from bus.producer import JetStreamProducer
 from bus.streams import StreamSettings, ensure_bucket, ensure_object_stream
-from kubus.kube import KubeClient, load_kube_config
-from kubus.serving import Check, ProbeServer
+from bus.subjects import ResourceType
+from kubus.kube import ApiResource, Discovery, KubeClient, discover_all, load_kube_config
+from kubus.serving import ProbeServer
 from kubus.telemetry import setup_tracing, shutdown_tracing
 from watcher.config import WatcherConfig
 from watcher.publisher import BusPublisher
-from watcher.resource_watcher import ResourceWatcher
+from watcher.supervisor import WatchSupervisor
 
 __all__ = ["WatcherError", "run_watcher"]
 
@@ -44,10 +45,8 @@ async def run_watcher(
         )
         checkpoints = await ensure_bucket(js, config.layout.watcher_bucket)
         async with KubeClient(kube_config) as kube:
-            apis = [
-                await kube.discover(resource.group, resource.version, resource.resource)
-                for resource in config.resources
-            ]
+            discovery = await discover_all(kube)
+            initial = _initial_resources(config, discovery)
             try:
                 producer = JetStreamProducer(config.nats_url, name="kubus-watcher-publisher")
                 await producer.start()
@@ -61,22 +60,21 @@ async def run_watcher(
                 tombstone_ttl=config.tombstone_ttl,
                 max_in_flight=config.max_in_flight,
             )
-            held = await publisher.load(config.resources)
-            log.info(
-                "the bus holds %d objects of the %d watched resources", held, len(config.resources)
+            if config.resources.everything:  # one replay, rather than one per resource
+                held = await publisher.load_filter(config.layout.object_subjects)
+            else:
+                held = await publisher.load(initial)
+            log.info("the bus holds %d objects; watching %d resources", held, len(initial))
+            supervisor = WatchSupervisor(
+                selection=config.resources,
+                kube=kube,
+                publisher=publisher,
+                checkpoints=checkpoints,
+                layout=config.layout,
+                max_payload=nc.max_payload,
+                mirror_secrets=config.mirror_secrets,
+                rediscover_every=config.rediscover_every,
             )
-            watchers = [
-                ResourceWatcher(
-                    api=api,
-                    resource=resource,
-                    kube=kube,
-                    publisher=publisher,
-                    checkpoints=checkpoints,
-                    layout=config.layout,
-                    max_payload=nc.max_payload,
-                )
-                for api, resource in zip(apis, config.resources, strict=True)
-            ]
             probes = ProbeServer(health=config.health, metrics=config.metrics)
             probes.add_liveness("ping", lambda: None)
             probes.add_readiness(
@@ -85,18 +83,17 @@ async def run_watcher(
                     None if nc.is_connected and producer.is_connected else "not connected to NATS"
                 ),
             )
-            for watcher in watchers:
-                probes.add_readiness(f"synced:{watcher.resource}", _synced(watcher))
+            for resource in initial:
+                probes.add_readiness(f"synced:{resource}", supervisor.synced_check(resource))
             await probes.start()
             if serving is not None:
                 serving.set()
             try:
                 async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(watcher.run()) for watcher in watchers]
+                    supervising = group.create_task(supervisor.run(discovery, initial))
                     await stop.wait()
-                    log.info("stopping: %d watches", len(tasks))
-                    for task in tasks:
-                        task.cancel()
+                    log.info("stopping: %d watches", len(supervisor.watched))
+                    supervising.cancel()
             finally:
                 await publisher.close()
                 await producer.close()
@@ -106,8 +103,31 @@ async def run_watcher(
         shutdown_tracing()
 
 
-def _synced(watcher: ResourceWatcher) -> Check:
-    return lambda: None if watcher.synced.is_set() else "initial list not finished"
+def _initial_resources(
+    config: WatcherConfig, discovery: Discovery
+) -> dict[ResourceType, ApiResource]:
+    """What ``--resources`` resolves to now; a named resource that cannot be watched is an
+    error, a group version that discovery cannot describe only a warning under ``all``."""
+    resolution = config.resources.resolve(discovery)
+    problems = [
+        *(f"the apiserver serves no resource {r}" for r in resolution.unknown),
+        *(f"{r} cannot be listed and watched" for r in resolution.unwatchable),
+        *(f"discovery of {r} failed ({why})" for r, why in resolution.undiscovered.items()),
+    ]
+    if problems:
+        raise WatcherError(
+            "--resources: "
+            + "; ".join(problems)
+            + " ('kubectl api-resources' lists what it serves)"
+        )
+    if config.resources.everything and discovery.failed:
+        log.warning(
+            "discovery cannot describe %s now; their resources are watched once it can",
+            ", ".join(f"{g}/{v}" if g else v for g, v in sorted(discovery.failed)),
+        )
+    if not resolution.watch:
+        raise WatcherError("--resources: nothing the apiserver serves is selected")
+    return resolution.watch
 
 
 async def _connect(url: str) -> NatsClient:

@@ -14,6 +14,7 @@ from kubus.kube.client import (
     decode_identity,
 )
 from kubus.kube.config import KubeConfig, load_kube_config
+from kubus.kube.discovery import Discovery, discover_all
 from kubus.kube.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -28,6 +29,7 @@ __all__ = [
     "AlreadyExistsError",
     "ApiResource",
     "ConflictError",
+    "Discovery",
     "GoneError",
     "InvalidError",
     "KubeApiError",
@@ -39,5 +41,6 @@ __all__ = [
     "UnknownResourceError",
     "WatchEvent",
     "decode_identity",
+    "discover_all",
     "load_kube_config",
 ]

@@ -18,11 +18,24 @@ from kubus.kube.config import KubeConfig
 from kubus.kube.errors import KubeApiError, UnknownResourceError, error_for
 from kubus.telemetry import APISERVER_PROPAGATOR, HeaderSetter
 
-__all__ = ["ApiResource", "KubeClient", "ListPage", "WatchEvent", "decode_watch_event"]
+__all__ = [
+    "METADATA_ACCEPT",
+    "METADATA_LIST_ACCEPT",
+    "ApiResource",
+    "KubeClient",
+    "ListPage",
+    "WatchEvent",
+    "decode_watch_event",
+]
 
 log = logging.getLogger(__name__)
 
 _USER_AGENT: Final = "kubus"
+# The apiserver's metadata-only representation (what client-go's metadata client asks for):
+# the object's metadata and nothing else, so e.g. a Secret's data never leaves the apiserver.
+# No plain application/json fallback: a server that cannot send metadata only must refuse (406).
+METADATA_LIST_ACCEPT: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA_ACCEPT: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 @dataclass(frozen=True)
@@ -206,13 +219,34 @@ class KubeClient:
             "lists what it serves)",
         )
 
+    async def get_document(self, path: str, *, accept: str) -> tuple[bytes, str]:
+        """A GET with content negotiation: the body and the Content-Type the server chose
+        (discovery answers in the aggregated or the legacy format, as it can)."""
+        session = self._require_session()
+        async with session.get(
+            path,
+            headers={"Accept": accept, **self._auth_headers()},
+            timeout=aiohttp.ClientTimeout(total=self._timeout * 4, sock_connect=self._timeout),
+        ) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise _error_from(response.status, body)
+            return body, response.headers.get("Content-Type", "")
+
     async def list_page(
-        self, resource: ApiResource, *, limit: int, continue_token: str | None = None
+        self,
+        resource: ApiResource,
+        *,
+        limit: int,
+        continue_token: str | None = None,
+        metadata_only: bool = False,
     ) -> ListPage:
+        """One page; with ``metadata_only`` the items are PartialObjectMetadata."""
         params: dict[str, str] = {"limit": str(limit)}
         if continue_token:
             params["continue"] = continue_token
-        return _page_decoder.decode(await self._get(resource.path, params))
+        accept = METADATA_LIST_ACCEPT if metadata_only else None
+        return _page_decoder.decode(await self._get(resource.path, params, accept=accept))
 
     @contextlib.asynccontextmanager
     async def watch(
@@ -221,11 +255,13 @@ class KubeClient:
         *,
         resource_version: str,
         timeout_seconds: int = 300,
+        metadata_only: bool = False,
     ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
         """Open a watch after ``resource_version``; entering means the apiserver accepted it.
 
         The events (bookmarks included) run until the server ends the watch. An ERROR event
-        is raised as :class:`KubeApiError` (:class:`GoneError` for 410).
+        is raised as :class:`KubeApiError` (:class:`GoneError` for 410). With
+        ``metadata_only`` each event's object is a PartialObjectMetadata.
         """
         params = {
             "watch": "1",
@@ -234,10 +270,13 @@ class KubeClient:
             "timeoutSeconds": str(timeout_seconds),
         }
         session = self._require_session()
+        headers = self._auth_headers()
+        if metadata_only:
+            headers["Accept"] = METADATA_ACCEPT
         async with session.get(
             resource.path,
             params=params,
-            headers=self._auth_headers(),
+            headers=headers,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=self._timeout, sock_read=timeout_seconds + 30
             ),
@@ -361,12 +400,17 @@ class KubeClient:
             result: dict[str, Any] = msgspec.json.decode(payload) if payload else {}
             return result
 
-    async def _get(self, path: str, params: Mapping[str, str]) -> bytes:
+    async def _get(
+        self, path: str, params: Mapping[str, str], *, accept: str | None = None
+    ) -> bytes:
         session = self._require_session()
+        headers = self._auth_headers()
+        if accept is not None:
+            headers["Accept"] = accept
         async with session.get(
             path,
             params=params,
-            headers=self._auth_headers(),
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=self._timeout * 4, sock_connect=self._timeout),
         ) as response:
             body = await response.read()

@@ -113,14 +113,8 @@ def resource_version_number(resource_version: str) -> int:
         return -1
 
 
-def msg_id(
-    uid: str, resource_version: str, event: EventType, *, metadata_only: bool = False
-) -> str:
-    """The dedupe id; the representation is part of it, so that the same state republished
-    as metadata only (or in full) replaces what the bus holds instead of deduping."""
+def msg_id(uid: str, resource_version: str, event: EventType) -> str:
     suffix = ":DELETED" if event is EventType.DELETED else ""
-    if metadata_only:
-        suffix += ":METADATA"
     return f"{uid}:{resource_version}{suffix}"
 
 
@@ -138,12 +132,17 @@ def header_block(
     """The NATS header block of one object-stream message, built in one pass (hot path).
 
     A uid or resourceVersion with a line break is refused (ValueError): it would end the
-    header block early and inject headers.
+    header block early and inject headers. A metadata-only message's msg id ends in
+    ``:METADATA``: the same state republished in the other representation (the watcher's
+    ``--mirror-secrets`` switched) then replaces what the bus holds instead of deduping.
     """
+    identity = msg_id(uid, resource_version, event)
+    if metadata_only:
+        identity += ":METADATA"
     text = (
         f"NATS/1.0\r\n{Header.EVENT}: {event}\r\n"  # a StrEnum formats as its value
         f"{Header.RESOURCE_VERSION}: {resource_version}\r\n{Header.UID}: {uid}\r\n"
-        f"{Header.MSG_ID}: {msg_id(uid, resource_version, event, metadata_only=metadata_only)}\r\n"
+        f"{Header.MSG_ID}: {identity}\r\n"
         f"{Header.EXPECTED_LAST_SUBJECT_SEQUENCE}: {expected_last_sequence}\r\n"
     )
     if "\n" in resource_version or "\r" in resource_version or "\n" in uid or "\r" in uid:

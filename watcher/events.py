@@ -27,7 +27,7 @@ from kubus.kube import ApiResource, ObjectIdentity, decode_identity
 from watcher import metrics
 from watcher.publisher import Known, ObjectEvent
 
-__all__ = ["ObjectEventFactory"]
+__all__ = ["MetadataOnlyEventFactory", "ObjectEventFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,8 @@ class ObjectEventFactory:
         layout: BusLayout,
         max_payload: int,
         known: Callable[[str], Known | None],
-        metadata_only: bool = False,
     ) -> None:
         self._api = api
-        self.metadata_only = metadata_only
         self._resource = resource
         self._layout = layout
         self._max_payload = max_payload
@@ -95,9 +93,7 @@ class ObjectEventFactory:
             identity = decode_identity(raw)
         meta = identity.metadata
         payload = raw
-        if self.metadata_only:
-            payload = self.metadata_payload(raw)
-        elif not identity.api_version:
+        if not identity.api_version:
             payload = self._list_prefix + raw[1:]
         namespace = meta.namespace if self._api.namespaced else None
         located = self._located.get((namespace, meta.name))
@@ -132,7 +128,6 @@ class ObjectEventFactory:
             uid=meta.uid,
             payload=payload,
             reference=reference,
-            metadata_only=self.metadata_only,
         )
 
     def metadata_payload(self, raw: bytes) -> bytes:
@@ -148,3 +143,17 @@ class ObjectEventFactory:
         return _encoder.encode(
             {"apiVersion": self._api.api_version, "kind": self._api.kind, "metadata": metadata}
         )
+
+
+class MetadataOnlyEventFactory(ObjectEventFactory):
+    """The same, with the payload rebuilt from the metadata alone (a subclass, so that the
+    hot path of every other resource does not test for it)."""
+
+    def __call__(
+        self, raw: bytes, event_type: EventType | None, identity: ObjectIdentity | None = None
+    ) -> ObjectEvent:
+        event = super().__call__(raw, event_type, identity)
+        if not event.reference:
+            event.payload = self.metadata_payload(raw)
+        event.metadata_only = True
+        return event

@@ -40,7 +40,7 @@ from bus.layout import BusLayout
 from bus.subjects import ResourceType
 from kubus.kube import ApiResource, GoneError, KubeApiError, KubeClient
 from watcher import metrics
-from watcher.events import ObjectEventFactory
+from watcher.events import MetadataOnlyEventFactory, ObjectEventFactory
 from watcher.publisher import BusPublisher, ObjectEvent
 
 __all__ = ["ResourceWatcher"]
@@ -89,13 +89,13 @@ class ResourceWatcher:
         full_key, metadata_key = f"rv.{resource.tokens}", f"rv.{resource.tokens}.metadata"
         self._checkpoint_key = metadata_key if metadata_only else full_key
         self._other_key = full_key if metadata_only else metadata_key
-        self._object_event = ObjectEventFactory(
+        factory = MetadataOnlyEventFactory if metadata_only else ObjectEventFactory
+        self._object_event = factory(
             api=api,
             resource=resource,
             layout=layout,
             max_payload=max_payload,
             known=publisher.known,
-            metadata_only=metadata_only,
         )
         # Resource versions submitted, in order, with the future of their publish.
         self._progress: collections.deque[tuple[str, asyncio.Future[None] | None]] = (
@@ -109,12 +109,14 @@ class ResourceWatcher:
     async def run(self) -> None:
         """Until cancelled, or until the resource is no longer served; a final checkpoint is
         stored on the way out."""
-        checkpointing = asyncio.create_task(self._checkpoint_loop())
         try:
-            await self._run()
+            async with asyncio.TaskGroup() as tasks:
+                checkpointing = tasks.create_task(self._checkpoint_loop())
+                try:
+                    await self._run()
+                finally:
+                    checkpointing.cancel()
         finally:
-            checkpointing.cancel()
-            await asyncio.gather(checkpointing, return_exceptions=True)
             if not self._retired:
                 await asyncio.shield(self._store_checkpoint())
             with contextlib.suppress(KeyError):

@@ -10,19 +10,18 @@ from bus.envelope import EventType, Header, header_block
 from bus.layout import BusLayout
 from bus.subjects import ResourceType
 from kubus.kube import ApiResource
-from watcher.events import LAST_APPLIED, ObjectEventFactory
+from watcher.events import LAST_APPLIED, MetadataOnlyEventFactory
 
 SECRET_API = ApiResource("", "v1", "secrets", "Secret", True, frozenset({"list", "watch"}))
 
 
-def factory() -> ObjectEventFactory:
-    return ObjectEventFactory(
+def factory() -> MetadataOnlyEventFactory:
+    return MetadataOnlyEventFactory(
         api=SECRET_API,
         resource=ResourceType("", "v1", "secrets"),
         layout=BusLayout(),
         max_payload=1024 * 1024,
         known=lambda _subject: None,
-        metadata_only=True,
     )
 
 

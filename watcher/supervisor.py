@@ -16,6 +16,10 @@ Each pass reconciles the watchers with discovery:
 - a group version discovery cannot describe right now (an aggregated API that is down) keeps
   its watchers, as the garbage collector keeps its monitors.
 
+At start-up, a selected resource the bus holds live objects of that is served in no version
+(a CRD deleted while no watcher ran) gets a watcher too, which finds the ``404`` and leaves
+the tombstones.
+
 A watcher that fails unexpectedly (a bug) is logged with its traceback and started again after
 a backoff; the other resources carry on.
 

@@ -72,6 +72,17 @@ class ListPage(msgspec.Struct):
     metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
 
 
+class _ListPageOnTheWire(msgspec.Struct):
+    # A metadata-only list (PartialObjectMetadataList) of nothing says ``"items": null``.
+    items: list[msgspec.Raw] | None = None
+    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
+
+
+def decode_list_page(body: bytes) -> ListPage:
+    wire = _page_decoder.decode(body)
+    return ListPage(items=wire.items or [], metadata=wire.metadata)
+
+
 class IdentityMeta(msgspec.Struct, rename="camel"):
     name: str = ""
     namespace: str | None = None
@@ -132,7 +143,7 @@ class _ResourceList(msgspec.Struct):
 
 _setter = HeaderSetter()
 _encoder = msgspec.json.Encoder()
-_page_decoder = msgspec.json.Decoder(ListPage)
+_page_decoder = msgspec.json.Decoder(_ListPageOnTheWire)
 _event_decoder = msgspec.json.Decoder(WatchEvent)
 _raw_event_decoder = msgspec.json.Decoder(_RawWatchEvent)
 _identity_decoder = msgspec.json.Decoder(ObjectIdentity)
@@ -246,7 +257,7 @@ class KubeClient:
         if continue_token:
             params["continue"] = continue_token
         accept = METADATA_LIST_ACCEPT if metadata_only else None
-        return _page_decoder.decode(await self._get(resource.path, params, accept=accept))
+        return decode_list_page(await self._get(resource.path, params, accept=accept))
 
     @contextlib.asynccontextmanager
     async def watch(

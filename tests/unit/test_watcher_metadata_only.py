@@ -90,3 +90,16 @@ def test_the_header_says_metadata_only_and_the_msg_id_differs_from_the_full_one(
     assert f"{Header.METADATA_ONLY}: true\r\n" in block
     assert f"{Header.MSG_ID}: u-1:7:METADATA\r\n" in block
     assert Header.METADATA_ONLY not in header_block(EventType.ADDED, "7", "u-1", 0).decode()
+
+
+def test_an_empty_metadata_only_list_decodes_as_no_items() -> None:
+    """The apiserver answers a metadata-only list of nothing with ``"items": null`` (found
+    when no Secret existed yet: the Secrets watcher crashed on it and never got ready)."""
+    from kubus.kube.client import decode_list_page
+
+    page = decode_list_page(
+        b'{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1",'
+        b'"metadata":{"resourceVersion":"512"},"items":null}'
+    )
+    assert page.items == []
+    assert page.metadata.resource_version == "512"

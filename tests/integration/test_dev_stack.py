@@ -37,6 +37,42 @@ def test_unscheduled_pod_lands_on_a_fake_node_and_becomes_ready(kube: Any, names
     assert pod.status.pod_ip
 
 
+@pytest.mark.parametrize(
+    "image", ["webserver:404", "invalid.registry.k8s.io/invalid/alpine:3.1", "nonexistent:1"]
+)
+def test_a_pod_of_an_image_that_cannot_be_pulled_stays_pending_in_image_pull_backoff(
+    kube: Any, namespace: str, image: str
+) -> None:
+    """As a kubelet reports it: Pending, ErrImagePull, then ImagePullBackOff; never Ready."""
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "unpullable"},
+            "spec": {"containers": [{"name": "web", "image": image}]},
+        },
+    )
+    seen: set[str] = set()
+
+    def waiting_reason() -> str | None:
+        pod = core.read_namespaced_pod("unpullable", namespace)
+        assert pod.status.phase == "Pending", pod.status
+        for status in pod.status.container_statuses or ():
+            if status.state.waiting is not None:
+                seen.add(status.state.waiting.reason)
+                return str(status.state.waiting.reason)
+        return None
+
+    wait_for(lambda: waiting_reason() == "ImagePullBackOff", timeout=30, what="ImagePullBackOff")
+    pod = core.read_namespaced_pod("unpullable", namespace)
+    conditions = {c.type: (c.status, c.reason) for c in pod.status.conditions or []}
+    assert conditions["Ready"] == ("False", "ContainersNotReady")
+    assert pod.status.container_statuses[0].state.waiting.message == (
+        f'Back-off pulling image "{image}"'
+    )
+    assert seen <= {"ErrImagePull", "ImagePullBackOff"}
+
+
 def test_rbac_refuses_a_token_without_rights(
     kube: Any, namespace: str, stack_env: dict[str, str]
 ) -> None:

@@ -90,7 +90,8 @@ def add_watcher_command(subparsers: argparse._SubParsersAction[ArgumentParser]) 
         help="comma-separated GROUP/VERSION/RESOURCE list; '*' is the default set ("
         + ", ".join(str(r) for r in DEFAULT_RESOURCES)
         + "), 'all' every resource discovery finds that can be listed and watched (CRDs "
-        "and aggregated APIs included, followed as they come and go), '-G/V/R' removes one",
+        "and aggregated APIs included, followed as they come and go; Events only when "
+        "named), '-G/V/R' removes one",
     )
     parser.add_argument(
         "--mirror-secrets",

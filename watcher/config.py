@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_RESOURCES",
     "MAX_STREAM_REPLICAS",
     "MIN_TOMBSTONE_TTL",
+    "NOT_IN_ALL",
     "SECRETS",
     "WATCH_VERBS",
     "Resolution",
@@ -60,6 +61,8 @@ class WatcherConfigError(ValueError):
 
 ALL: Final = "all"
 WATCH_VERBS: Final = frozenset({"list", "watch"})
+# Group and resource that ``all`` leaves out unless named (see ResourceSelection).
+NOT_IN_ALL: Final = frozenset({("", "events"), ("events.k8s.io", "events")})
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,11 @@ class ResourceSelection:
     explicitly (or by ``*``) is watched in the version named, instead of the preferred one.
     An exclusion removes the named group/version/resource, and from what ``all`` finds the
     resource of that group and name in whichever version discovery prefers.
+
+    ``all`` leaves Events out (core and ``events.k8s.io``): they are the busiest resource of a
+    cluster and no controller that reads everything wants them (kcm's garbage collector
+    ignores them, its namespace controller deletes them through the apiserver). Naming one
+    adds it.
     """
 
     listed: tuple[ResourceType, ...] = ()
@@ -127,7 +135,9 @@ class ResourceSelection:
         if self.everything:
             named = {(r.group, r.resource) for r in (*self.listed, *self.excluded)}
             for api in discovery.preferred:
-                if (api.group, api.name) not in named and api.verbs >= WATCH_VERBS:
+                if (api.group, api.name) in NOT_IN_ALL or (api.group, api.name) in named:
+                    continue
+                if api.verbs >= WATCH_VERBS:
                     watch.setdefault(ResourceType(api.group, api.version, api.name), api)
         return Resolution(watch, tuple(unknown), tuple(unwatchable), undiscovered)
 
@@ -136,7 +146,8 @@ class ResourceSelection:
         if resource in self.listed:
             return True
         named = {(r.group, r.resource) for r in (*self.listed, *self.excluded)}
-        return self.everything and (resource.group, resource.resource) not in named
+        group_resource = (resource.group, resource.resource)
+        return self.everything and group_resource not in named and group_resource not in NOT_IN_ALL
 
 
 def parse_resources(text: str) -> ResourceSelection:

@@ -101,13 +101,21 @@ def test_all_resolves_to_every_listable_watchable_resource_in_its_preferred_vers
             "v1/pods",
             "v1/configmaps",
             "v1/secrets",  # metadata only unless --mirror-secrets: see the watcher
-            "v1/events",
-            "events.k8s.io/v1/events",
             "example.com/v2/widgets",  # the group's preferred version
             "example.com/v1/gadgets",  # served in v1 only: the first version that has it
         )
     }
     assert watch[ResourceType.parse("example.com/v2/widgets")].version == "v2"
+
+
+def test_all_leaves_events_out_unless_they_are_named() -> None:
+    found = discovery(CORE, EVENTS, WIDGETS)
+    assert not [r for r in parse_resources("all").resolve(found).watch if r.resource == "events"]
+    assert not parse_resources("all").would_watch(ResourceType.parse("v1/events"))
+    named = parse_resources("all,v1/events,events.k8s.io/v1/events").resolve(found).watch
+    assert {ResourceType.parse("v1/events"), ResourceType.parse("events.k8s.io/v1/events")} <= set(
+        named
+    )
 
 
 def test_removals_from_all_match_the_resource_whatever_version_discovery_prefers() -> None:

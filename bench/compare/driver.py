@@ -37,7 +37,14 @@ from bench.compare.workload import (
     pods_not_ready,
     update_latencies,
 )
-from kubus.kube import ApiResource, KubeClient, KubeConfig, NotFoundError, load_kube_config
+from kubus.kube import (
+    AlreadyExistsError,
+    ApiResource,
+    KubeClient,
+    KubeConfig,
+    NotFoundError,
+    load_kube_config,
+)
 
 __all__ = ["Cluster", "DeploymentDriver", "Driver", "PhaseRun", "PodDriver", "Tick"]
 
@@ -82,15 +89,25 @@ class Cluster:
                 "replicasets": await kube.discover("apps", "v1", "replicasets"),
                 "pods": await kube.discover("", "v1", "pods"),
                 "namespaces": await kube.discover("", "v1", "namespaces"),
+                "serviceaccounts": await kube.discover("", "v1", "serviceaccounts"),
             }
             yield cls(kube, config, resources)
 
     async def create_namespaces(self, shapes: list[Shape]) -> None:
+        """Each with its ``default`` ServiceAccount, made here: the ServiceAccount admission
+        plugin refuses pods without it, and no contender is timed on making it."""
         for shape in shapes:
             for namespace in shape.namespaces:
                 await self.kube.create(
                     self.resources["namespaces"], None, {"metadata": {"name": namespace}}
                 )
+                # Made already, when a contender runs a serviceaccount controller.
+                with contextlib.suppress(AlreadyExistsError):
+                    await self.kube.create(
+                        self.resources["serviceaccounts"],
+                        namespace,
+                        {"metadata": {"name": "default"}},
+                    )
 
     async def list(self, resource: str, view: type[T], shape: Shape) -> list[T]:
         """Every object of ``resource`` labelled with ``shape``, decoded as ``view``."""

@@ -2,9 +2,8 @@
 
 - ``kube-controller-manager``: the reference, ``--controllers=deployment,replicaset,
   garbagecollector`` (the garbage collector cascades the Deployment deletes).
-- ``kubus-P``: a watcher and P reconcilers (deployment and replicaset controllers), plus
-  kube-controller-manager with ``--controllers=garbagecollector`` only, since kubus has no
-  garbage collector yet; that helper is counted in the contender's totals and apart.
+- ``kubus-P``: a watcher (``--resources all``: the garbage collector reads every resource,
+  as kcm's does) and P reconcilers (deployment, replicaset and garbagecollector).
 - ``ceiling``: no controller at all; the harness writes the pods itself.
 
 Every controller process gets the same ``--kube-api-qps``/``--kube-api-burst``.
@@ -37,7 +36,9 @@ __all__ = ["CEILING", "KCM", "Contender", "Limits", "Running", "contender_named"
 
 KCM = "kube-controller-manager"
 CEILING = "ceiling"
-GC_HELPER = "kcm-garbagecollector"
+# The same controllers on both sides; the garbage collector cascades the Deployment deletes.
+KCM_CONTROLLERS = "deployment,replicaset,garbagecollector"
+KUBUS_CONTROLLERS = "deployment,replicaset,garbagecollector"
 READY_TIMEOUT = 120.0
 
 
@@ -51,10 +52,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class Running:
-    """A started contender: its processes, which of them is the GC helper, its metrics."""
+    """A started contender: its processes, and which of them are kubus reconcilers."""
 
     processes: list[ServiceProcess] = field(default_factory=list)
-    helpers: frozenset[str] = frozenset()
     reconcilers: list[ServiceProcess] = field(default_factory=list)
 
     def check_alive(self) -> None:
@@ -88,18 +88,19 @@ class Contender:
                 yield Running()
                 return
             if not self.is_kubus:
-                kcm = _kcm(env, KCM, "deployment,replicaset,garbagecollector", limits, log_dir)
+                kcm = _kcm(env, KCM, KCM_CONTROLLERS, limits, log_dir)
                 started.append(kcm)
                 _wait_kcm(kcm)
                 yield Running(processes=started)
                 return
-            watcher = kubus_service(env, "watcher", "watcher", log_dir=log_dir)
+            watcher = kubus_service(env, "watcher", "watcher", "--resources=all", log_dir=log_dir)
             started.append(watcher)
             reconcilers = [
                 kubus_service(
                     env,
                     "reconciler",
                     f"reconciler-{index}",
+                    f"--controllers={KUBUS_CONTROLLERS}",
                     f"--kube-api-qps={limits.kube_api_qps:g}",
                     f"--kube-api-burst={limits.kube_api_burst}",
                     log_dir=log_dir,
@@ -107,8 +108,6 @@ class Contender:
                 for index in range(self.reconcilers)
             ]
             started.extend(reconcilers)
-            gc = _kcm(env, GC_HELPER, "garbagecollector", limits, log_dir)
-            started.append(gc)
             for service in (watcher, *reconcilers):
                 assert service.health_port is not None
                 wait_ready(
@@ -117,10 +116,7 @@ class Contender:
                     what=f"{service.name} (log: {service.log})",
                     timeout=READY_TIMEOUT,
                 )
-            _wait_kcm(gc)
-            yield Running(
-                processes=started, helpers=frozenset({GC_HELPER}), reconcilers=reconcilers
-            )
+            yield Running(processes=started, reconcilers=reconcilers)
         finally:
             stop_processes(started)
 

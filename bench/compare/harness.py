@@ -258,9 +258,6 @@ def _phase_record(
             cached_objects_per_process=after.cached_objects(),
             nats_cpu_seconds=infra_usage["nats-server"].cpu_seconds,
         )
-        helper_cpu = sum(u.cpu_seconds for n, u in usage.items() if n in running.helpers)
-        result["gc_helper_cpu_seconds"] = round(helper_cpu, 3)
-        result["cpu_seconds_per_1000_pods_without_gc"] = round(1000 * (cpu - helper_cpu) / pods, 3)
     return result
 
 

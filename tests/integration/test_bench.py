@@ -87,8 +87,11 @@ def test_every_contender_converges_with_every_field_filled(
                     processes = int(name.split("-")[1])
                     assert _number(phase["bus_lag_max"]) >= 0, where
                     assert len(phase["cached_objects_per_process"]) == processes, where
-                    assert "kcm-garbagecollector" in phase["processes"], where
-                    assert _number(phase["gc_helper_cpu_seconds"]) >= 0, where
+                    # kubus's own garbage collector: no kube-controller-manager process.
+                    assert set(phase["processes"]) == {
+                        "watcher",
+                        *(f"reconciler-{i}" for i in range(processes)),
+                    }, where
                 if name != "kube-controller-manager":
                     assert _number(phase["seconds_vs_kcm"]) > 0, where
             # CPU ticks are 10 ms: a 0.2 s phase may show none, a whole shape never does.

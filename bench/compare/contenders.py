@@ -1,9 +1,11 @@
 """The contenders: the processes each one runs on a fresh stack, started and stopped.
 
-- ``kube-controller-manager``: the reference, ``--controllers=deployment,replicaset,
-  garbagecollector`` (the garbage collector cascades the Deployment deletes).
-- ``kubus-P``: a watcher (``--resources all``: the garbage collector reads every resource,
-  as kcm's does) and P reconcilers (deployment, replicaset and garbagecollector).
+- ``kube-controller-manager``: the reference, ``--controllers=deployment,replicaset``, and
+  its garbage collector (which cascades the Deployment deletes) in a process of its own,
+  ``kcm-garbagecollector``, so that its CPU and RSS show apart.
+- ``kubus-P``: a watcher (``--resources all``: the garbage collector reads every resource, as
+  kcm's does), P reconcilers (deployment and replicaset) and kubus's garbage collector as a
+  pool of its own (``--pool gc``, one process), ``kubus-garbagecollector``, the same split.
 - ``ceiling``: no controller at all; the harness writes the pods itself.
 
 Every controller process gets the same ``--kube-api-qps``/``--kube-api-burst``.
@@ -36,9 +38,11 @@ __all__ = ["CEILING", "KCM", "Contender", "Limits", "Running", "contender_named"
 
 KCM = "kube-controller-manager"
 CEILING = "ceiling"
-# The same controllers on both sides; the garbage collector cascades the Deployment deletes.
-KCM_CONTROLLERS = "deployment,replicaset,garbagecollector"
-KUBUS_CONTROLLERS = "deployment,replicaset,garbagecollector"
+# The same controllers on both sides, the garbage collector apart.
+CONTROLLERS = "deployment,replicaset"
+GC = "garbagecollector"
+KCM_GC = "kcm-garbagecollector"
+KUBUS_GC = "kubus-garbagecollector"
 READY_TIMEOUT = 120.0
 
 
@@ -88,9 +92,10 @@ class Contender:
                 yield Running()
                 return
             if not self.is_kubus:
-                kcm = _kcm(env, KCM, KCM_CONTROLLERS, limits, log_dir)
-                started.append(kcm)
-                _wait_kcm(kcm)
+                started.append(_kcm(env, KCM, CONTROLLERS, limits, log_dir))
+                started.append(_kcm(env, KCM_GC, GC, limits, log_dir))
+                for kcm in started:
+                    _wait_kcm(kcm)
                 yield Running(processes=started)
                 return
             watcher = kubus_service(env, "watcher", "watcher", "--resources=all", log_dir=log_dir)
@@ -100,7 +105,7 @@ class Contender:
                     env,
                     "reconciler",
                     f"reconciler-{index}",
-                    f"--controllers={KUBUS_CONTROLLERS}",
+                    f"--controllers={CONTROLLERS}",
                     f"--kube-api-qps={limits.kube_api_qps:g}",
                     f"--kube-api-burst={limits.kube_api_burst}",
                     log_dir=log_dir,
@@ -108,7 +113,18 @@ class Contender:
                 for index in range(self.reconcilers)
             ]
             started.extend(reconcilers)
-            for service in (watcher, *reconcilers):
+            collector = kubus_service(
+                env,
+                "reconciler",
+                KUBUS_GC,
+                "--pool=gc",
+                f"--controllers={GC}",
+                f"--kube-api-qps={limits.kube_api_qps:g}",
+                f"--kube-api-burst={limits.kube_api_burst}",
+                log_dir=log_dir,
+            )
+            started.append(collector)
+            for service in (watcher, *reconcilers, collector):
                 assert service.health_port is not None
                 wait_ready(
                     service.process,

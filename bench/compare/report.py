@@ -23,9 +23,11 @@ NOTES = (
     "delete: no Deployment, ReplicaSet or pod of the shape left); polls every 0.05 s at "
     "first, easing off to every 0.2 s (1 s above 2,000 pods).",
     "CPU: utime+stime of the contender's processes over the phase (from /proc). Both sides run "
-    "the deployment, replicaset and garbage collector controllers (kubus's own garbage "
-    "collector in every reconciler, its watcher with --resources all); the harness gives each "
-    "namespace its default ServiceAccount itself. NATS's CPU is reported apart "
+    "the deployment and replicaset controllers, and their own garbage collector in a process "
+    "apart (kcm-garbagecollector: kube-controller-manager --controllers=garbagecollector; "
+    "kubus-garbagecollector: a reconciler pool of its own, --pool gc, fed by the contender's "
+    "watcher with --resources all), counted in the totals and shown per process. The harness "
+    "gives each namespace its default ServiceAccount itself. NATS's CPU is reported apart "
     "(nats_cpu_seconds), not in the totals.",
     "Ceiling: the harness writes the pods itself from a thread with its own event loop; its CPU "
     "is that thread's CPU time, its peak RSS the whole bench driver's.",

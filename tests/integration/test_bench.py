@@ -87,10 +87,16 @@ def test_every_contender_converges_with_every_field_filled(
                     processes = int(name.split("-")[1])
                     assert _number(phase["bus_lag_max"]) >= 0, where
                     assert len(phase["cached_objects_per_process"]) == processes, where
-                    # kubus's own garbage collector: no kube-controller-manager process.
+                    # kubus's own garbage collector, in a pool apart: no kcm process.
                     assert set(phase["processes"]) == {
                         "watcher",
+                        "kubus-garbagecollector",
                         *(f"reconciler-{i}" for i in range(processes)),
+                    }, where
+                if name == "kube-controller-manager":
+                    assert set(phase["processes"]) == {
+                        "kube-controller-manager",
+                        "kcm-garbagecollector",
                     }, where
                 if name != "kube-controller-manager":
                     assert _number(phase["seconds_vs_kcm"]) > 0, where

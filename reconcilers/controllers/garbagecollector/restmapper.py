@@ -69,6 +69,10 @@ def split_api_version(api_version: str) -> tuple[str, str]:
     return group, version
 
 
+def api_label(api: ApiResource) -> str:
+    return f"{api.api_version}/{api.name}"
+
+
 def is_deletable(api: ApiResource) -> bool:
     return api.verbs >= _VERBS and (api.group, api.name) not in IGNORED_RESOURCES
 
@@ -118,10 +122,13 @@ class RestMapper:
                 return
             discovery = await discover_all(self._kube)
             self._refreshed = time.monotonic()
-            before = {(api.group, api.version, api.name) for api in self._deletable}
+            first = not self._kinds
+            before = {api_label(api) for api in self._deletable}
             self.load(discovery)
-            after = {(api.group, api.version, api.name) for api in self._deletable}
-            if before != after:
+            after = {api_label(api) for api in self._deletable}
+            if first:
+                log.info("garbage collector: %d deletable resources", len(after))
+            elif before != after:
                 log.info(
                     "garbage collector: deletable resources changed: added %s, removed %s",
                     sorted(after - before),

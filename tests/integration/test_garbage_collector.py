@@ -397,3 +397,44 @@ def test_garbage_left_while_processes_were_down_is_collected_and_nothing_owned_i
     finally:
         for namespace in namespaces:
             core.delete_namespace(namespace)
+
+
+def test_a_reference_to_an_owner_in_another_namespace_is_dangling_and_reported(
+    kube: Any, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(kube)
+    run = uuid.uuid4().hex[:5]
+    home, away = f"gc-home-{run}", f"gc-away-{run}"
+    for namespace in (home, away):
+        core.create_namespace({"metadata": {"name": namespace}})
+    try:
+        # One process: it caches both namespaces, so it sees where the owner really is.
+        with kubus_pool(
+            stack_env, tmp_path, reconcilers=1, extra=[CONTROLLERS], watcher_args=WATCH_ALL
+        ):
+            owner = config_map(core, home, "owner")
+            config_map(core, away, "astray", owner_ref(owner))
+            wait_for(
+                lambda: gone(lambda: core.read_namespaced_config_map("astray", away)),
+                timeout=60,
+                what="a dependent whose owner is in another namespace to be collected",
+            )
+
+            def reported() -> list[Any]:
+                return [
+                    e
+                    for e in core.list_namespaced_event(away).items
+                    if e.reason == "OwnerRefInvalidNamespace" and e.involved_object.name == "astray"
+                ]
+
+            (event,) = wait_for(reported, timeout=30, what="the OwnerRefInvalidNamespace event")
+            assert event.type == "Warning"
+            assert event.source.component == "garbage-collector-controller"
+            assert event.message == (
+                f"ownerRef [v1/ConfigMap, namespace: {away}, name: owner, "
+                f'uid: {owner.metadata.uid}] does not exist in namespace "{away}"'
+            )
+            assert core.read_namespaced_config_map("owner", home).metadata.uid
+    finally:
+        for namespace in (home, away):
+            core.delete_namespace(namespace)

@@ -25,9 +25,7 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
         GarbageCollectorController,
         ReplicaSetController,
     }
-    assert select_controllers(["*", "-deployment", "-garbagecollector"]) == (
-        ReplicaSetController,
-    )
+    assert select_controllers(["*", "-deployment", "-garbagecollector"]) == (ReplicaSetController,)
     assert select_controllers(["replicaset-controller"]) == (ReplicaSetController,)
     with pytest.raises(ControllerSelectionError, match='"deploymnt" is not in the list'):
         select_controllers(["deploymnt"])

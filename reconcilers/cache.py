@@ -2,8 +2,9 @@
 
 A reconciler process owns some partitions; for each it replays the partition's subjects into
 this cache and then applies every delivery. Objects are decoded JSON (``dict``); a tombstone
-removes the object. Indexes: by namespace, and by the uid of the controlling owner, which is
-what ReplicaSet, Deployment, Job and DaemonSet controllers look up on every sync.
+removes the object. Indexes: by namespace; by the uid of the controlling owner, which is what
+ReplicaSet, Deployment, Job and DaemonSet controllers look up on every sync; and, for the
+garbage collector's dependency graph, by uid and by the uid of every owner an object references.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from bus.envelope import Envelope, resource_version_number
 from bus.subjects import ObjectRef, ResourceType
 from reconcilers.kinds import Object
 
-__all__ = ["CLUSTER", "ObjectCache", "controller_of"]
+__all__ = ["CLUSTER", "ObjectCache", "controller_of", "owner_uids"]
 
 # The partition label of objects every process caches whatever it owns (cluster-scoped kinds,
 # a global controller's full cache): dropping a partition never drops them.
@@ -31,6 +32,14 @@ def controller_of(obj: Object) -> dict[str, Any] | None:
     return None
 
 
+def owner_uids(obj: Object) -> set[str]:
+    """The uids of every owner ``obj`` references."""
+    return {
+        reference.get("uid", "")
+        for reference in obj.get("metadata", {}).get("ownerReferences") or ()
+    }
+
+
 class ObjectCache:
     def __init__(self) -> None:
         self.clear()
@@ -41,6 +50,10 @@ class ObjectCache:
         self._versions: dict[ObjectRef, int] = {}
         self._by_namespace: dict[tuple[ResourceType, str | None], set[ObjectRef]] = defaultdict(set)
         self._by_controller: dict[tuple[ResourceType, str], set[ObjectRef]] = defaultdict(set)
+        # Every object by uid, and the objects referencing an owner by the owner's uid: the
+        # garbage collector's graph (an owner need not be cached to have dependents here).
+        self._by_uid: dict[str, ObjectRef] = {}
+        self._by_owner: dict[str, set[ObjectRef]] = defaultdict(set)
         self._partition_of: dict[ObjectRef, int] = {}
         self._counts: dict[ResourceType, int] = defaultdict(int)
 
@@ -64,6 +77,12 @@ class ObjectCache:
         owner = controller_of(obj)
         if owner is not None:
             self._by_controller[(ref.resource, owner.get("uid", ""))].add(ref)
+        meta = obj.get("metadata", {})
+        if uid := meta.get("uid"):
+            self._by_uid[uid] = ref
+        if meta.get("ownerReferences"):
+            for owner_uid in owner_uids(obj):
+                self._by_owner[owner_uid].add(ref)
         return previous
 
     def drop_partition(self, partition: int) -> None:
@@ -82,6 +101,19 @@ class ObjectCache:
     def controlled_by(self, resource: ResourceType, owner_uid: str) -> Iterator[Object]:
         for ref in tuple(self._by_controller.get((resource, owner_uid), ())):
             yield self._objects[ref]
+
+    def by_uid(self, uid: str) -> tuple[ObjectRef, Object] | None:
+        """The cached object with this uid, if any."""
+        ref = self._by_uid.get(uid)
+        if ref is None:
+            return None
+        obj = self._objects.get(ref)
+        return None if obj is None else (ref, obj)
+
+    def dependents_of(self, owner_uid: str) -> Iterator[tuple[ObjectRef, Object]]:
+        """Every cached object with an ownerReference to ``owner_uid``, of any resource."""
+        for ref in tuple(self._by_owner.get(owner_uid, ())):
+            yield ref, self._objects[ref]
 
     def refs(self, partition: int | None = None) -> list[ObjectRef]:
         return [ref for ref, p in self._partition_of.items() if partition is None or p == partition]
@@ -103,4 +135,14 @@ class ObjectCache:
         owner = controller_of(previous)
         if owner is not None:
             self._by_controller[(ref.resource, owner.get("uid", ""))].discard(ref)
+        uid = previous.get("metadata", {}).get("uid")
+        if uid and self._by_uid.get(uid) == ref:
+            del self._by_uid[uid]
+        if previous.get("metadata", {}).get("ownerReferences"):
+            for owner_uid in owner_uids(previous):
+                dependents = self._by_owner.get(owner_uid)
+                if dependents is not None:
+                    dependents.discard(ref)
+                    if not dependents:
+                        del self._by_owner[owner_uid]
         return previous

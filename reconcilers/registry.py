@@ -25,6 +25,7 @@ from typing import Final, Protocol, TypeVar
 from reconcilers import external
 from reconcilers.controller import Context, Controller
 from reconcilers.controllers.deployment import DeploymentController
+from reconcilers.controllers.garbagecollector import GarbageCollectorController
 from reconcilers.controllers.replicaset import ReplicaSetController
 
 __all__ = [
@@ -143,6 +144,7 @@ def controller_class(cls: _C) -> _C:
 
 _BUILTIN: Final[tuple[type[Controller], ...]] = (
     controller_class(DeploymentController),
+    controller_class(GarbageCollectorController),
     controller_class(ReplicaSetController),
 )
 IMPLEMENTED: Final[Mapping[str, type[Controller]]] = {c.name: c for c in _BUILTIN}

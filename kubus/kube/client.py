@@ -302,6 +302,17 @@ class KubeClient:
         result: dict[str, Any] = msgspec.json.decode(body)
         return result
 
+    async def get_metadata(
+        self, resource: ApiResource, namespace: str | None, name: str
+    ) -> dict[str, Any]:
+        """A live read of an object's metadata only (PartialObjectMetadata): what the garbage
+        collector reads, and a Secret's data never leaves the apiserver."""
+        path = _item(resource, namespace, name, None)
+        result: dict[str, Any] = msgspec.json.decode(
+            await self._get(path, {}, accept=METADATA_ACCEPT)
+        )
+        return result
+
     # --- writes ---------------------------------------------------------------------------
 
     async def create(

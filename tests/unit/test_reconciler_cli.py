@@ -10,6 +10,7 @@ import pytest
 from kubus.cli import build_parser
 from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
 from reconcilers.controllers.deployment import DeploymentController
+from reconcilers.controllers.garbagecollector import GarbageCollectorController
 from reconcilers.controllers.replicaset import ReplicaSetController
 from reconcilers.registry import ControllerSelectionError, select_controllers
 
@@ -19,15 +20,19 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_controllers_star_names_aliases_and_exclusions() -> None:
-    assert set(select_controllers(["*"])) == {DeploymentController, ReplicaSetController}
-    assert select_controllers(["*", "-deployment"]) == (ReplicaSetController,)
+    assert set(select_controllers(["*"])) == {
+        DeploymentController,
+        GarbageCollectorController,
+        ReplicaSetController,
+    }
+    assert select_controllers(["*", "-deployment", "-garbagecollector"]) == (ReplicaSetController,)
     assert select_controllers(["replicaset-controller"]) == (ReplicaSetController,)
     with pytest.raises(ControllerSelectionError, match='"deploymnt" is not in the list'):
         select_controllers(["deploymnt"])
     with pytest.raises(ControllerSelectionError, match="job-controller is not implemented"):
         select_controllers(["*", "job"])
     with pytest.raises(ControllerSelectionError, match="selects no controller"):
-        select_controllers(["-deployment", "-replicaset"])
+        select_controllers(["-deployment", "-replicaset", "-garbagecollector"])
 
 
 def test_config_file_values_and_flags_that_win(tmp_path: Path) -> None:

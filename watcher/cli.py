@@ -37,6 +37,7 @@ from kubus.startup import (
     read_kubeconfig,
 )
 from watcher.config import (
+    ALL,
     DEFAULT_RESOURCES,
     MAX_STREAM_REPLICAS,
     MIN_TOMBSTONE_TTL,
@@ -85,13 +86,15 @@ def add_watcher_command(subparsers: argparse._SubParsersAction[ArgumentParser]) 
     )
     parser.add_argument(
         "--resources",
-        default="*",
+        default=ALL,
         metavar="LIST",
-        help="comma-separated GROUP/VERSION/RESOURCE list; '*' is the default set ("
+        help="comma-separated GROUP/VERSION/RESOURCE list; 'all' (the default: what the "
+        "default controllers read, the garbage collector and the namespace controller reading "
+        "everything) is every resource discovery finds that can be listed and watched (CRDs "
+        "and aggregated APIs included, followed as they come and go; Events only when named), "
+        "'*' the core set ("
         + ", ".join(str(r) for r in DEFAULT_RESOURCES)
-        + "), 'all' every resource discovery finds that can be listed and watched (CRDs "
-        "and aggregated APIs included, followed as they come and go; Events only when "
-        "named), '-G/V/R' removes one",
+        + "), '-G/V/R' removes one",
     )
     parser.add_argument(
         "--mirror-secrets",

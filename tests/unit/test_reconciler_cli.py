@@ -11,6 +11,9 @@ from kubus.cli import build_parser
 from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.replicaset import ReplicaSetController
+from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
+from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
+from reconcilers.controllers.serviceaccount.tokens import TokensController
 from reconcilers.registry import ControllerSelectionError, select_controllers
 
 
@@ -19,8 +22,15 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_controllers_star_names_aliases_and_exclusions() -> None:
-    assert set(select_controllers(["*"])) == {DeploymentController, ReplicaSetController}
-    assert select_controllers(["*", "-deployment"]) == (ReplicaSetController,)
+    on_by_default = {
+        DeploymentController,
+        ReplicaSetController,
+        RootCACertPublisher,
+        ServiceAccountsController,
+        TokensController,
+    }
+    assert set(select_controllers(["*"])) == on_by_default
+    assert set(select_controllers(["*", "-deployment"])) == on_by_default - {DeploymentController}
     assert select_controllers(["replicaset-controller"]) == (ReplicaSetController,)
     with pytest.raises(ControllerSelectionError, match='"deploymnt" is not in the list'):
         select_controllers(["deploymnt"])

@@ -59,7 +59,9 @@ def system_pool(env: Mapping[str, str], log_dir: Path) -> Iterator[Pool | None]:
         pool.stop()
 
 
-def wait_for_namespace_ready(core: Any, namespace: str, *, timeout: float = NAMESPACE_READY_TIMEOUT) -> float:
+def wait_for_namespace_ready(
+    core: Any, namespace: str, *, timeout: float = NAMESPACE_READY_TIMEOUT
+) -> float:
     """Wait until ``namespace`` has its ``default`` ServiceAccount and ``kube-root-ca.crt``
     (as the e2e framework's namespace creation does); returns the seconds waited."""
     from kubernetes.client.exceptions import ApiException

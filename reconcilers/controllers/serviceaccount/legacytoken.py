@@ -109,7 +109,7 @@ def load_signing_key(path: Path) -> SigningKey:
         if key.curve.name not in _CURVES:
             raise ValueError(f"{path}: ECDSA curve {key.curve.name} is not P-256, P-384 or P-521")
         return SigningKey(path, key, _CURVES[key.curve.name][0], key_id(key.public_key()))
-    raise ValueError(f"{path}: a {type(key).__name__.removeprefix('_')}, not an RSA or ECDSA key")
+    raise ValueError(f"{path}: not an RSA or ECDSA key")
 
 
 def _json(value: dict[str, Any]) -> bytes:

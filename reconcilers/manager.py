@@ -49,14 +49,7 @@ from kubus.telemetry import setup_tracing, shutdown_tracing
 from reconcilers import metrics
 from reconcilers.acks import AckTracker, WorkKey
 from reconcilers.cache import CLUSTER, ObjectCache
-from reconcilers.controller import (
-    EVERY_RESOURCE,
-    Context,
-    Controller,
-    NotStarted,
-    Request,
-    Scope,
-)
+from reconcilers.controller import EVERY_RESOURCE, Context, Controller, NotStarted, Request, Scope
 from reconcilers.events import EventRecorder
 from reconcilers.follower import StreamFollower
 from reconcilers.leader import LeaderElection

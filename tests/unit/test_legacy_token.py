@@ -141,3 +141,20 @@ def test_a_good_key_file_is_accepted(tmp_path: Path) -> None:
     path = _write(tmp_path / "sa.key", ec.generate_private_key(ec.SECP384R1()))
     args = build_parser().parse_args(["reconciler", f"--service-account-private-key-file={path}"])
     assert args.service_account_private_key_file.algorithm == "ES384"
+
+
+def test_without_a_private_key_the_token_controller_does_not_start() -> None:
+    from reconcilers.cache import ObjectCache
+    from reconcilers.controller import Context, NotStarted
+    from reconcilers.controllers.serviceaccount.tokens import TokensController
+
+    context = Context(
+        cache=ObjectCache(),
+        kube=None,  # type: ignore[arg-type]  # never reached: the key is checked first
+        apis={},
+        events=None,  # type: ignore[arg-type]
+        tracer=None,
+        options={"service-account-private-key-file": None, "root-ca-file": None},
+    )
+    with pytest.raises(NotStarted, match="no --service-account-private-key-file"):
+        TokensController(context)

@@ -48,6 +48,7 @@ from kubus.startup import (
     check_probe_addresses,
     read_kubeconfig,
 )
+from reconcilers.controller import Flag
 from reconcilers.manager import Manager, ManagerConfig, ManagerError
 from reconcilers.ownership import LeaseTiming
 from reconcilers.registry import (
@@ -263,6 +264,8 @@ def all_flags() -> tuple[_Flag, ...]:
             "GATES",
         )
     ]
+    # A flag several controllers declare (kcm's --root-ca-file) is one flag, read by each.
+    options: dict[str, tuple[Flag, list[str]]] = {}
     for controller in implemented_controllers().values():
         declared.append(
             _Flag(
@@ -274,14 +277,16 @@ def all_flags() -> tuple[_Flag, ...]:
             )
         )
         for option in controller.flags:
-            declared.append(
-                _Flag(
-                    option.name,
-                    functools.partial(_option, parse=option.parse),
-                    f"{option.help} ({controller.name}; default {option.default})",
-                    "VALUE",
-                )
+            options.setdefault(option.name, (option, []))[1].append(controller.name)
+    for option, users in options.values():
+        declared.append(
+            _Flag(
+                option.name,
+                functools.partial(_option, parse=option.parse),
+                f"{option.help} ({', '.join(users)}; default {option.default})",
+                "VALUE",
             )
+        )
     return (*FLAGS, *declared)
 
 

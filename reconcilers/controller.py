@@ -32,6 +32,7 @@ __all__ = [
     "Controller",
     "ControllerBase",
     "Flag",
+    "NotStarted",
     "Permission",
     "Request",
     "Result",
@@ -74,6 +75,12 @@ class Result:
 
 class TerminalError(Exception):
     """Retrying will not help (bad input): logged, recorded, not requeued."""
+
+
+class NotStarted(Exception):
+    """Raised by a controller's constructor when its options mean kube-controller-manager
+    would not start it (serviceaccount-token-controller without a private key): the manager
+    logs the message and runs the other controllers."""
 
 
 class Scope(enum.Enum):

@@ -11,7 +11,18 @@ from typing import Any, Final
 
 from bus.subjects import ResourceType
 
-__all__ = ["DEPLOYMENTS", "EVENTS", "NAMESPACES", "NODES", "PODS", "REPLICASETS", "Object"]
+__all__ = [
+    "CONFIGMAPS",
+    "DEPLOYMENTS",
+    "EVENTS",
+    "NAMESPACES",
+    "NODES",
+    "PODS",
+    "REPLICASETS",
+    "SECRETS",
+    "SERVICEACCOUNTS",
+    "Object",
+]
 
 Object = dict[str, Any]
 
@@ -21,3 +32,6 @@ DEPLOYMENTS: Final = ResourceType("apps", "v1", "deployments")
 EVENTS: Final = ResourceType("", "v1", "events")
 NODES: Final = ResourceType("", "v1", "nodes")
 NAMESPACES: Final = ResourceType("", "v1", "namespaces")
+SERVICEACCOUNTS: Final = ResourceType("", "v1", "serviceaccounts")
+SECRETS: Final = ResourceType("", "v1", "secrets")
+CONFIGMAPS: Final = ResourceType("", "v1", "configmaps")

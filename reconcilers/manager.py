@@ -49,7 +49,7 @@ from kubus.telemetry import setup_tracing, shutdown_tracing
 from reconcilers import metrics
 from reconcilers.acks import AckTracker, WorkKey
 from reconcilers.cache import CLUSTER, ObjectCache
-from reconcilers.controller import EVERY_RESOURCE, Context, Controller, Request, Scope
+from reconcilers.controller import EVERY_RESOURCE, Context, Controller, NotStarted, Request, Scope
 from reconcilers.events import EventRecorder
 from reconcilers.follower import StreamFollower
 from reconcilers.leader import LeaderElection
@@ -209,16 +209,21 @@ class Manager:
         for controller_type in config.controllers:
             name = controller_type.name
             is_global = controller_type.scope is Scope.GLOBAL
-            if is_global:
-                self._globals[name] = _Global()
+            state = _Global() if is_global else None
             own = dataclasses.replace(
                 context,
                 # A write rate limit per controller, as kcm's client per controller has.
                 kube=kube.with_rate_limit(config.kube_api_qps, config.kube_api_burst),
-                cache=self._globals[name].cache if is_global else self._cache,
+                cache=state.cache if state is not None else self._cache,
                 options=dict(config.options.get(name, {})),
             )
-            controller = controller_type(own)
+            try:
+                controller = controller_type(own)
+            except NotStarted as reason:
+                log.warning("%s is disabled: %s", name, reason)
+                continue
+            if state is not None:
+                self._globals[name] = state
             self._controllers[name] = controller
             queue: WorkQueue[Request] = WorkQueue(name)
             self._queues[name] = queue
@@ -427,6 +432,13 @@ class Manager:
 
     def _replayed_partition(self, partition: int, refs: list[ObjectRef]) -> None:
         self._replayed_refs(refs)
+        # Cluster-scoped objects make requests for namespaced work too (a Namespace: its
+        # `default` ServiceAccount): those of this partition, dropped while another process
+        # owned it (or before any was owned), are made now.
+        for ref in self._cache.refs(CLUSTER):
+            current = self._cache.get(ref.resource, ref.namespace, ref.name)
+            if current is not None:
+                self._enqueue(ref, current, None, only=partition)
 
     def _enqueue(
         self,
@@ -435,9 +447,10 @@ class Manager:
         previous: dict[str, Any] | None,
         *,
         backoff: bool = False,
+        only: int | None = None,
     ) -> list[WorkKey]:
         """Requests of the partitioned controllers reading ``ref``'s kind; those of other
-        processes' partitions are left to them."""
+        processes' partitions are left to them (and, with ``only``, those of the others)."""
         keys: list[WorkKey] = []
         names = self._reads.get(ref.resource, [])
         if self._reads_everything:
@@ -445,7 +458,8 @@ class Manager:
         for name in names:
             queue = self._queues[name]
             for request in self._controllers[name].requests_for(ref.resource, current, previous):
-                if _partition(request, self._layout) not in self._partitions:
+                partition = _partition(request, self._layout)
+                if partition not in self._partitions or only not in (None, partition):
                     continue
                 if backoff:
                     queue.add_rate_limited(request)

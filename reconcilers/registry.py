@@ -27,6 +27,9 @@ from reconcilers.controller import Context, Controller
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
 from reconcilers.controllers.replicaset import ReplicaSetController
+from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
+from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
+from reconcilers.controllers.serviceaccount.tokens import TokensController
 
 __all__ = [
     "CLOUD_PROVIDER",
@@ -146,6 +149,9 @@ _BUILTIN: Final[tuple[type[Controller], ...]] = (
     controller_class(DeploymentController),
     controller_class(GarbageCollectorController),
     controller_class(ReplicaSetController),
+    controller_class(RootCACertPublisher),
+    controller_class(ServiceAccountsController),
+    controller_class(TokensController),
 )
 IMPLEMENTED: Final[Mapping[str, type[Controller]]] = {c.name: c for c in _BUILTIN}
 

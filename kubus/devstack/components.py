@@ -33,6 +33,7 @@ __all__ = [
     "nats_launch",
     "reconciler_launch",
     "scheduler_launch",
+    "service_account_flags",
     "watcher_launch",
 ]
 
@@ -138,9 +139,10 @@ def apiserver_launch(layout: Layout, pki: Pki) -> Launch:
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--authorization-mode=RBAC",
-        # Nothing runs yet to create each namespace's `default` ServiceAccount (serviceaccount
-        # controller) or to lift the not-ready taint off new nodes (node lifecycle controller).
-        "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+        # Nothing lifts the not-ready taint off new nodes yet (node lifecycle controller).
+        # ServiceAccount admission stays on: kubus's serviceaccount-controller (or k3s's
+        # controllers) gives every namespace its `default` ServiceAccount.
+        "--disable-admission-plugins=TaintNodesByCondition",
         "--allow-privileged=true",
         "--profiling=false",
         f"--tracing-config-file={tracing}",
@@ -289,6 +291,15 @@ def _insecure_tls() -> ssl.SSLContext:
     return context
 
 
+def service_account_flags(pki: Pki) -> tuple[str, ...]:
+    """The reconciler flags kube-controller-manager's service-account controllers need: the
+    key the apiserver's ``--service-account-key-file`` verifies, and the cluster's CA."""
+    return (
+        f"--service-account-private-key-file={pki.service_account_key}",
+        f"--root-ca-file={pki.ca_cert}",
+    )
+
+
 def watcher_launch(layout: Layout) -> Launch:
     """The kubus watcher, run from this Python environment, traced to the stack's Jaeger."""
     argv = (
@@ -300,6 +311,9 @@ def watcher_launch(layout: Layout) -> Launch:
         f"--nats-url=nats://{HOST}:{layout.ports['nats']}",
         f"--health-probe-bind-address={HOST}:{layout.ports['watcher-health']}",
         f"--metrics-bind-address={HOST}:{layout.ports['watcher-metrics']}",
+        # Whatever the default controllers read (Secrets as metadata only; the garbage
+        # collector reads every resource).
+        "--resources=all",
     )
     return Launch(
         "kubus-watcher",
@@ -309,8 +323,9 @@ def watcher_launch(layout: Layout) -> Launch:
     )
 
 
-def reconciler_launch(layout: Layout, index: int) -> Launch:
-    """Process ``index`` of the dev stack's reconciler pool (pool ``default``)."""
+def reconciler_launch(layout: Layout, index: int, pki: Pki) -> Launch:
+    """Process ``index`` of the dev stack's reconciler pool (pool ``default``), with the
+    stack's service-account signing key and CA, as kube-controller-manager would get them."""
     argv = (
         sys.executable,
         "-m",
@@ -318,6 +333,7 @@ def reconciler_launch(layout: Layout, index: int) -> Launch:
         "reconciler",
         f"--kubeconfig={layout.kubeconfig}",
         f"--nats-url=nats://{HOST}:{layout.ports['nats']}",
+        *service_account_flags(pki),
         f"--health-probe-bind-address={HOST}:{layout.ports[f'reconciler-{index}-health']}",
         f"--metrics-bind-address={HOST}:{layout.ports[f'reconciler-{index}-metrics']}",
     )

@@ -147,7 +147,10 @@ class DevStack:
         if self._config.services:
             services = [
                 components.watcher_launch(layout),
-                *(components.reconciler_launch(layout, i) for i in range(components.RECONCILERS)),
+                *(
+                    components.reconciler_launch(layout, i, pki)
+                    for i in range(components.RECONCILERS)
+                ),
             ]
             for launch in services:
                 self._spawn(launch, layout)

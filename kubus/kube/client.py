@@ -189,6 +189,18 @@ class KubeClient:
         view._owns_session = False
         return view
 
+    def certificate_authority(self) -> bytes:
+        """The PEM CA bundle this client trusts, as its kubeconfig gives it (empty if none):
+        what kube-controller-manager publishes when no ``--root-ca-file`` is given."""
+        path = getattr(self._config.official, "ssl_ca_cert", None)
+        if not path:
+            return b""
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError:
+            return b""
+
     async def __aenter__(self) -> KubeClient:
         self._session = aiohttp.ClientSession(
             base_url=self._config.server,

@@ -362,6 +362,40 @@ CASES = [
         names=_flag("--controllers selects no controller kubus implements"),
         quick=True,
     ),
+    # --- files the service-account controllers read -------------------------------------
+    _case(
+        "reconciler",
+        "private-key-file-not-a-key",
+        args=lambda env, _p: [
+            f"--service-account-private-key-file={env.file('sa.key', 'not a key')}"
+        ],
+        names=lambda env: (
+            f"argument --service-account-private-key-file: {env.tmp / 'sa.key'}: not a "
+            "PEM-encoded, unencrypted RSA or ECDSA private key"
+        ),
+        code=2,
+        quick=True,
+    ),
+    _case(
+        "reconciler",
+        "private-key-file-missing",
+        args=lambda env, _p: [f"--service-account-private-key-file={env.tmp / 'none.key'}"],
+        names=lambda env: (
+            f"argument --service-account-private-key-file: {env.tmp / 'none.key'}: no such file"
+        ),
+        code=2,
+        quick=True,
+    ),
+    _case(
+        "reconciler",
+        "root-ca-file-no-certificate",
+        args=lambda env, _p: [f"--root-ca-file={env.file('ca.crt', 'nothing')}"],
+        names=lambda env: (
+            f"argument --root-ca-file: {env.tmp / 'ca.crt'}: no PEM-encoded certificate in it"
+        ),
+        code=2,
+        quick=True,
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from kubernetes import client
 
 from tests.support.rollout import RolloutChecker
 from tests.support.services import kubus_pool
+from tests.support.system import create_namespace
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -284,7 +285,7 @@ def test_pods_the_apiserver_refuses_are_reported_and_other_deployments_carry_on(
     with kubus_pool(stack_env, tmp_path):
         apps.create_namespaced_deployment(namespace, bad)
         good_namespace = f"{namespace}-ok"
-        core.create_namespace({"metadata": {"name": good_namespace}})
+        create_namespace(core, good_namespace)
         apps.create_namespaced_deployment(good_namespace, deployment("fine", 2))
 
         def failure_reported() -> Any:

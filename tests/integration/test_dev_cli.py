@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from kubus.devstack.state import read_env_file
+from tests.support.system import create_namespace
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -95,12 +96,27 @@ def _check_detached_stack_then_stop_it(
         "kubus-reconciler-1",
     }
     assert all(Path(f"/proc/{pid}").exists() for pid in pids.values())
+    _check_namespaces_get_their_service_account(env_lines["KUBECONFIG"])
 
     down = run_kubus("dev", "down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
 
     still_running = [name for name, pid in pids.items() if _alive(pid)]
     assert still_running == []
+
+
+def _check_namespaces_get_their_service_account(kubeconfig: str) -> None:
+    """The stack's own reconcilers run the service-account controllers (with its signing key
+    and CA), so the ServiceAccount admission plugin, on, admits pods in a new namespace."""
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    create_namespace(core, "sa-check")
+    core.create_namespaced_pod(
+        "sa-check",
+        {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "c:1"}]}},
+    )
+    assert core.read_namespaced_pod("p", "sa-check").spec.service_account_name == "default"
 
 
 def _alive(pid: int) -> bool:

@@ -19,6 +19,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 from bus.subjects import partition_of
 from tests.integration.test_deployment import complete, deployment, set_image
 from tests.support.services import Pool, kubus_pool
+from tests.support.system import create_namespace
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -67,7 +68,7 @@ def test_kill_9_of_the_busiest_reconciler_moves_its_work_and_every_rollout_compl
     run = uuid.uuid4().hex[:5]
     namespaces = [f"fo-{run}-{i}" for i in range(10)]
     for namespace in namespaces:
-        core.create_namespace({"metadata": {"name": namespace}})
+        create_namespace(core, namespace)
     names = [(ns, f"app-{j}") for ns in namespaces for j in range(2)]
     audit = tmp_path / "audit.jsonl"
     with kubus_pool(

@@ -35,6 +35,7 @@ from tests.support.controllers import (
     entry_points_for_test_controllers,
 )
 from tests.support.services import ServiceProcess, kubus_pool
+from tests.support.system import create_namespace
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,7 @@ def test_every_process_caches_all_nodes_and_a_node_change_reaches_pods_in_every_
     run = uuid.uuid4().hex[:5]
     namespaces = [f"cs-{run}-{i}" for i in range(8)]
     for namespace in namespaces:
-        core.create_namespace({"metadata": {"name": namespace}})
+        create_namespace(core, namespace)
     node = core.list_node().items[0].metadata.name
     audit = tmp_path / "audit.jsonl"
     try:
@@ -145,7 +146,7 @@ def test_a_global_controller_runs_on_one_leader_and_moves_after_kill_9(
     run = uuid.uuid4().hex[:5]
     namespaces = [f"gl-{run}-{i}" for i in range(3)]
     for namespace in namespaces:
-        core.create_namespace({"metadata": {"name": namespace}})
+        create_namespace(core, namespace)
     names = [(ns, f"cm-{j}") for ns in namespaces for j in range(2)]
     audit = tmp_path / "audit.jsonl"
     leader_metric = "kubus_reconciler_leader"
@@ -247,7 +248,7 @@ def test_a_poison_message_goes_to_the_dead_letter_stream_and_the_partition_goes_
     apps = client.AppsV1Api(kube)
     core = client.CoreV1Api(kube)
     namespace = f"dl-{uuid.uuid4().hex[:5]}"
-    core.create_namespace({"metadata": {"name": namespace}})
+    create_namespace(core, namespace)
     replicasets = ResourceType("apps", "v1", "replicasets")
     try:
         with kubus_pool(stack_env, tmp_path, reconcilers=1) as pool:
@@ -294,7 +295,7 @@ def test_a_failed_partition_runner_is_restarted_and_the_process_is_not_ready_mea
     apps = client.AppsV1Api(kube)
     core = client.CoreV1Api(kube)
     namespace = f"sv-{uuid.uuid4().hex[:5]}"
-    core.create_namespace({"metadata": {"name": namespace}})
+    create_namespace(core, namespace)
     partition = partition_of(namespace, "")
     try:
         with kubus_pool(stack_env, tmp_path, reconcilers=1) as pool:
@@ -345,7 +346,7 @@ def test_a_controller_reading_every_resource_gets_crd_objects_and_cluster_scoped
     run = uuid.uuid4().hex[:5]
     group = f"t{run}.kubus.test"
     namespace = f"ev-{run}"
-    core.create_namespace({"metadata": {"name": namespace}})
+    create_namespace(core, namespace)
     extensions.create_custom_resource_definition(
         {
             "metadata": {"name": f"gadgets.{group}"},

@@ -12,6 +12,9 @@ from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
 from reconcilers.controllers.replicaset import ReplicaSetController
+from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
+from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
+from reconcilers.controllers.serviceaccount.tokens import TokensController
 from reconcilers.registry import ControllerSelectionError, select_controllers
 
 
@@ -20,12 +23,19 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_controllers_star_names_aliases_and_exclusions() -> None:
-    assert set(select_controllers(["*"])) == {
+    on_by_default = {
         DeploymentController,
         GarbageCollectorController,
         ReplicaSetController,
+        RootCACertPublisher,
+        ServiceAccountsController,
+        TokensController,
     }
-    assert select_controllers(["*", "-deployment", "-garbagecollector"]) == (ReplicaSetController,)
+    assert set(select_controllers(["*"])) == on_by_default
+    assert set(select_controllers(["*", "-deployment", "-garbagecollector"])) == on_by_default - {
+        DeploymentController,
+        GarbageCollectorController,
+    }
     assert select_controllers(["replicaset-controller"]) == (ReplicaSetController,)
     with pytest.raises(ControllerSelectionError, match='"deploymnt" is not in the list'):
         select_controllers(["deploymnt"])

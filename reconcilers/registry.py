@@ -25,6 +25,7 @@ from typing import Final, Protocol, TypeVar
 from reconcilers import external
 from reconcilers.controller import Context, Controller
 from reconcilers.controllers.deployment import DeploymentController
+from reconcilers.controllers.namespace import NamespaceController
 from reconcilers.controllers.replicaset import ReplicaSetController
 
 __all__ = [
@@ -144,6 +145,7 @@ def controller_class(cls: _C) -> _C:
 _BUILTIN: Final[tuple[type[Controller], ...]] = (
     controller_class(DeploymentController),
     controller_class(ReplicaSetController),
+    controller_class(NamespaceController),
 )
 IMPLEMENTED: Final[Mapping[str, type[Controller]]] = {c.name: c for c in _BUILTIN}
 

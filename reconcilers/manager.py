@@ -427,6 +427,12 @@ class Manager:
 
     def _replayed_partition(self, partition: int, refs: list[ObjectRef]) -> None:
         self._replayed_refs(refs)
+        # The requests cluster-scoped objects make in this partition (a namespace's own, say):
+        # a change seen while the partition changed hands went to no process.
+        for ref in self._cache.refs(CLUSTER):
+            current = self._cache.get(ref.resource, ref.namespace, ref.name)
+            if current is not None:
+                self._enqueue(ref, current, None, partition=partition)
 
     def _enqueue(
         self,
@@ -435,9 +441,11 @@ class Manager:
         previous: dict[str, Any] | None,
         *,
         backoff: bool = False,
+        partition: int | None = None,
     ) -> list[WorkKey]:
         """Requests of the partitioned controllers reading ``ref``'s kind; those of other
-        processes' partitions are left to them."""
+        processes' partitions are left to them (and, with ``partition``, those of any other
+        partition)."""
         keys: list[WorkKey] = []
         names = self._reads.get(ref.resource, [])
         if self._reads_everything:
@@ -445,7 +453,8 @@ class Manager:
         for name in names:
             queue = self._queues[name]
             for request in self._controllers[name].requests_for(ref.resource, current, previous):
-                if _partition(request, self._layout) not in self._partitions:
+                owner = _partition(request, self._layout)
+                if owner not in self._partitions or partition not in (None, owner):
                     continue
                 if backoff:
                     queue.add_rate_limited(request)

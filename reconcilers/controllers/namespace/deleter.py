@@ -283,7 +283,11 @@ class NamespacedResourcesDeleter:
                 estimate = max(estimate, outcome.estimate)
                 totals.add(resource.group, resource.name, outcome.remaining, outcome.finalizers)
             if stage is pods and totals.remaining:
-                break  # the rest waits until every pod is gone
+                # The rest waits until every pod is gone. As kcm v1.36 does, the totals are
+                # not reported on this path: the remaining-content conditions stay "ok"
+                # while only pods remain (checked against its binary).
+                totals = ContentTotals()
+                break
         conditions.content_totals(totals)
         # Always written when changed: a condition that said "failed" before must say "ok"
         # once it is, even if another finalizer keeps the namespace.

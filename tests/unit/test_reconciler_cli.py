@@ -10,6 +10,7 @@ import pytest
 from kubus.cli import build_parser
 from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
 from reconcilers.controllers.deployment import DeploymentController
+from reconcilers.controllers.namespace import NamespaceController
 from reconcilers.controllers.replicaset import ReplicaSetController
 from reconcilers.registry import ControllerSelectionError, select_controllers
 
@@ -19,8 +20,12 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_controllers_star_names_aliases_and_exclusions() -> None:
-    assert set(select_controllers(["*"])) == {DeploymentController, ReplicaSetController}
-    assert select_controllers(["*", "-deployment"]) == (ReplicaSetController,)
+    assert set(select_controllers(["*"])) == {
+        DeploymentController,
+        ReplicaSetController,
+        NamespaceController,
+    }
+    assert select_controllers(["*", "-deployment", "-namespace"]) == (ReplicaSetController,)
     assert select_controllers(["replicaset-controller"]) == (ReplicaSetController,)
     with pytest.raises(ControllerSelectionError, match='"deploymnt" is not in the list'):
         select_controllers(["deploymnt"])

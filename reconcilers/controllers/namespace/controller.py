@@ -1,10 +1,10 @@
 """The namespace controller's declarations, requests and sync (upstream's namespace_controller.go).
 
-A namespace is queued only while it is being deleted, and first synced
-:data:`DELETION_GRACE_PERIOD` after this process saw it deleted (upstream's
-``namespaceDeletionGracePeriod``: time for every apiserver to refuse new objects in it and for
-last-minute creations to become visible, so the cleanup really is complete). A sync is one
-:meth:`NamespacedResourcesDeleter.delete`:
+A namespace is queued only while it is being deleted, and each change of it is synced
+:data:`DELETION_GRACE_PERIOD` after it was seen (upstream's ``namespaceDeletionGracePeriod``
+and ``AddAfter``: time for every apiserver to refuse new objects in it and for last-minute
+creations to become visible, so the cleanup really is complete; the controller's own status
+writes are changes too). A sync is one :meth:`NamespacedResourcesDeleter.delete`:
 
 - content remains with an estimate: requeued after ``estimate / 2 + 1`` seconds;
 - a failure: raised, so the key is retried with the queue's backoff;
@@ -76,36 +76,44 @@ class NamespaceController(ControllerBase):
         self._ctx = context
         self._sync_period = float(context.options.get("namespace-sync-period", DEFAULT_SYNC_PERIOD))
         self._deleter = NamespacedResourcesDeleter(context.kube, context.apis[NAMESPACES])
-        # When this process first saw each namespace being deleted (monotonic seconds).
-        self._seen_deleting: dict[str, float] = {}
+        # Per deleting namespace with a change not synced yet: when it may be (monotonic s).
+        # As a delaying queue's AddAfter, a later change keeps the earlier time.
+        self._not_before: dict[str, float] = {}
 
     def forget(self, matches: Callable[[Request], bool]) -> None:
-        for name in [n for n in self._seen_deleting if matches(Request(None, n))]:
-            del self._seen_deleting[name]
+        for name in [n for n in self._not_before if matches(Request(None, n))]:
+            del self._not_before[name]
 
     def requests_for(
         self, resource: ResourceType, obj: Object | None, old: Object | None
     ) -> Iterable[Request]:
         if obj is None:
             if old is not None:
-                self._seen_deleting.pop(old["metadata"].get("name", ""), None)
+                self._not_before.pop(old["metadata"].get("name", ""), None)
             return []
         if not obj["metadata"].get("deletionTimestamp"):
             return []
-        self._seen_deleting.setdefault(obj["metadata"]["name"], time.monotonic())
+        self._not_before.setdefault(
+            obj["metadata"]["name"], time.monotonic() + DELETION_GRACE_PERIOD
+        )
         return [Request.of(obj)]
 
     async def reconcile(self, request: Request) -> Result:
         namespace = self._ctx.cache.get(NAMESPACES, None, request.name)
         if namespace is None:
-            self._seen_deleting.pop(request.name, None)
+            self._not_before.pop(request.name, None)
             return Result()
         if not namespace["metadata"].get("deletionTimestamp"):
             return Result()
-        seen = self._seen_deleting.setdefault(request.name, time.monotonic())
-        wait = seen + DELETION_GRACE_PERIOD - time.monotonic()
-        if wait > 0:
-            return Result(requeue_after=wait)
+        # A change waits out its grace period; a sync requeued by an estimate or the resync
+        # period (no change pending) runs now. A process taking the key over sees the
+        # namespace as a change when its partition is replayed.
+        due = self._not_before.get(request.name)
+        if due is not None:
+            wait = due - time.monotonic()
+            if wait > 0:
+                return Result(requeue_after=wait)
+            del self._not_before[request.name]
         estimate = await self._deleter.delete(request.name)
         if estimate > 0:
             return Result(requeue_after=requeue_delay(estimate))

@@ -26,6 +26,7 @@ from reconcilers import external
 from reconcilers.controller import Context, Controller
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
+from reconcilers.controllers.namespace import NamespaceController
 from reconcilers.controllers.replicaset import ReplicaSetController
 from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
 from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
@@ -148,6 +149,7 @@ def controller_class(cls: _C) -> _C:
 _BUILTIN: Final[tuple[type[Controller], ...]] = (
     controller_class(DeploymentController),
     controller_class(GarbageCollectorController),
+    controller_class(NamespaceController),
     controller_class(ReplicaSetController),
     controller_class(RootCACertPublisher),
     controller_class(ServiceAccountsController),

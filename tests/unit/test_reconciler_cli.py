@@ -11,6 +11,7 @@ from kubus.cli import build_parser
 from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
+from reconcilers.controllers.namespace import NamespaceController
 from reconcilers.controllers.replicaset import ReplicaSetController
 from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
 from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
@@ -26,6 +27,7 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
     on_by_default = {
         DeploymentController,
         GarbageCollectorController,
+        NamespaceController,
         ReplicaSetController,
         RootCACertPublisher,
         ServiceAccountsController,

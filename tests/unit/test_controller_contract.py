@@ -49,7 +49,10 @@ def test_rbac_rules_merge_the_verbs_of_every_controller_per_resource() -> None:
     assert by_resource[("", "events")] == ["create", "patch"]
     assert by_resource[("apps", "replicasets")] == ["create", "delete", "get", "patch", "update"]
     assert by_resource[("apps", "deployments/status")] == ["update"]
-    # Only the token controller touches Secrets, and it reads their data live (the bus has
-    # their metadata only); nothing lists or watches the apiserver.
+    # Only the token controller writes Secrets, and it reads their data live (the bus has
+    # their metadata only).
     assert by_resource[("", "secrets")] == ["delete", "get", "update"]
-    assert not [rule for rule in rules if {"list", "watch"} & set(rule["verbs"])]
+    # The garbage collector and the namespace controller act on every resource, as kcm's
+    # (their live checks list); nothing watches the apiserver: the watcher does.
+    assert by_resource[("*", "*")] == ["delete", "deletecollection", "get", "list", "patch"]
+    assert not [rule for rule in rules if "watch" in rule["verbs"]]

@@ -3,7 +3,9 @@ references are classified and what is done with an object."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 from typing import Any
 
 import msgspec
@@ -28,7 +30,11 @@ from reconcilers.controllers.garbagecollector.owners import (
     OwnerState,
     state_of_owner,
 )
-from reconcilers.controllers.garbagecollector.restmapper import RestMapper, deletable
+from reconcilers.controllers.garbagecollector.restmapper import (
+    RestMapper,
+    UnknownResourceError,
+    deletable,
+)
 
 PODS = ResourceType("", "v1", "pods")
 REPLICASETS = ResourceType("apps", "v1", "replicasets")
@@ -342,6 +348,26 @@ def test_deletable_resources_need_delete_list_watch_and_events_are_ignored() -> 
     assert found is not None and found.cached == ResourceType("apps", "v1", "deployments")
     assert mapper.find("apps/v1beta1", "Deployment") is None
     assert mapper.deletable_api(ResourceType("", "v1", "events")) is None
+
+
+def test_a_resource_discovery_has_not_shown_yet_is_retried_never_skipped() -> None:
+    """A CRD's objects can reach the bus before the mapper's last refresh knew the CRD (the
+    upstream e2e "cascading deletion of custom resources" caught a silent skip here)."""
+    configmaps = _api("", "v1", "configmaps", "ConfigMap", "delete", "list", "watch")
+    reviews = _api("authorization.k8s.io", "v1", "localsubjectaccessreviews", "X", "create")
+    discovery = Discovery(
+        resources={(a.group, a.version, a.name): a for a in (configmaps, reviews)},
+        preferred=(configmaps, reviews),
+    )
+    mapper = RestMapper(kube=None)  # type: ignore[arg-type]  # refreshed just now: no requests
+    mapper.load(discovery)
+    mapper._refreshed = time.monotonic()
+    check = mapper.deletable_or_unknown
+    assert asyncio.run(check(ResourceType("", "v1", "configmaps"))) == configmaps
+    served_not_deletable = ResourceType("authorization.k8s.io", "v1", "localsubjectaccessreviews")
+    assert asyncio.run(check(served_not_deletable)) is None
+    with pytest.raises(UnknownResourceError, match=r"example\.com/v1/widgets"):
+        asyncio.run(check(ResourceType("example.com", "v1", "widgets")))
 
 
 def test_enable_garbage_collector_reads_booleans_as_go_does() -> None:

@@ -126,9 +126,9 @@ class GarbageCollectorController(ControllerBase):
             self._waits.pop(request, None)
             return Result()  # gone: its dependents were asked about when it went
         await self._mapper.refresh()
-        api = self._deletable(resource)
+        api = await self._mapper.deletable_or_unknown(resource)
         if api is None:
-            return Result()
+            return Result()  # served, but not a resource the garbage collector works with
         uid = cached.get("metadata", {}).get("uid", "")
         item = await self._operations.get(api, request.namespace, request.name)
         if item is None or item.get("metadata", {}).get("uid") != uid:
@@ -221,7 +221,7 @@ class GarbageCollectorController(ControllerBase):
         return Result()
 
     async def _drop_reference(self, ref: ObjectRef, dependent: Object, owner_uid: str) -> None:
-        api = self._deletable(ref.resource)
+        api = await self._mapper.deletable_or_unknown(ref.resource)
         if api is None:
             return
         await self._operations.remove_references(api, dependent, {owner_uid})

@@ -27,6 +27,7 @@ __all__ = [
     "KindMapping",
     "RestMapper",
     "RestMappingError",
+    "UnknownResourceError",
     "deletable",
     "split_api_version",
 ]
@@ -49,6 +50,13 @@ class RestMappingError(Exception):
         super().__init__(f"unable to get REST mapping for {kind}/{api_version}.")
         self.api_version = api_version
         self.kind = kind
+
+
+class UnknownResourceError(Exception):
+    """A resource on the bus that discovery does not serve (yet): retried."""
+
+    def __init__(self, resource: ResourceType) -> None:
+        super().__init__(f"{resource}: not served by the apiserver's discovery (yet)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class RestMapper:
         self._deletable: tuple[ApiResource, ...] = ()
         # Every served version of a deletable resource, as the bus may carry any of them.
         self._deletable_versions: dict[tuple[str, str, str], ApiResource] = {}
+        self._served: frozenset[tuple[str, str, str]] = frozenset()  # group, version, resource
 
     @property
     def deletable(self) -> tuple[ApiResource, ...]:
@@ -113,6 +122,8 @@ class RestMapper:
         self._deletable_versions = {
             key: api for key, api in discovery.resources.items() if is_deletable(api)
         }
+        # What discovery serves, with what failed group versions served before.
+        self._served = frozenset((api.group, api.version, api.name) for api in kinds.values())
 
     async def refresh(self, *, within: float | None = None) -> None:
         """Re-read discovery if the last read is older than ``within`` (the period)."""
@@ -156,3 +167,14 @@ class RestMapper:
     def deletable_api(self, resource: ResourceType) -> ApiResource | None:
         """The resource behind a bus resource type, if the garbage collector works with it."""
         return self._deletable_versions.get((resource.group, resource.version, resource.resource))
+
+    async def deletable_or_unknown(self, resource: ResourceType) -> ApiResource | None:
+        """As :meth:`deletable_api`, for a resource the bus carries: one discovery has not
+        shown yet (a CRD just created, the watcher quicker than the last refresh) refreshes it,
+        and is an error to retry on if still unknown, never a silent skip."""
+        key = (resource.group, resource.version, resource.resource)
+        if key not in self._served:
+            await self.refresh(within=MISS_REFRESH_FLOOR)
+            if key not in self._served:
+                raise UnknownResourceError(resource)
+        return self._deletable_versions.get(key)

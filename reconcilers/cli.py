@@ -279,12 +279,14 @@ def all_flags() -> tuple[_Flag, ...]:
         for option in controller.flags:
             options.setdefault(option.name, (option, []))[1].append(controller.name)
     for option, users in options.values():
+        shown = option.default_text
         declared.append(
             _Flag(
                 option.name,
                 functools.partial(_option, parse=option.parse),
-                f"{option.help} ({', '.join(users)}; default {option.default})",
-                "VALUE",
+                f"{option.help} ({', '.join(users)}"
+                + (f"; default {shown})" if shown is not None else ")"),
+                option.metavar,
             )
         )
     return (*FLAGS, *declared)

@@ -124,6 +124,20 @@ class Flag:
     default: Any
     help: str
     parse: Callable[[str], Any] = str
+    # The default as ``--help`` shows it, in the flag's own syntax (``5m0s``); unset: the
+    # default's text (booleans as Go prints them), nothing for a None default.
+    shown_default: str | None = None
+    metavar: str = "VALUE"
+
+    @property
+    def default_text(self) -> str | None:
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None:
+            return None
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
 
 
 @dataclass

@@ -88,6 +88,7 @@ class GarbageCollectorController(ControllerBase):
             "enables the generic garbage collector; must be synced with the corresponding "
             "flag of the kube-apiserver",
             parse_bool,
+            metavar="true|false",
         ),
     )
     enabled_by_default: ClassVar[bool] = True

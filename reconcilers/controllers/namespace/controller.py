@@ -69,6 +69,8 @@ class NamespaceController(ControllerBase):
             DEFAULT_SYNC_PERIOD,
             "the period for syncing namespace life-cycle updates",
             duration(minimum=0.0),
+            shown_default="5m0s",
+            metavar="DURATION",
         ),
     )
 

@@ -46,6 +46,7 @@ PRIVATE_KEY_FILE: Final = Flag(
     "PEM private key (RSA or ECDSA) that signs legacy service-account tokens; without it "
     "serviceaccount-token-controller does not start",
     _signing_key,
+    metavar="FILE",
 )
 ROOT_CA_FILE: Final = Flag(
     "root-ca-file",
@@ -53,6 +54,7 @@ ROOT_CA_FILE: Final = Flag(
     "PEM CA bundle put in service-account token Secrets and kube-root-ca.crt ConfigMaps "
     "(unset: the kubeconfig's CA)",
     read_root_ca,
+    metavar="FILE",
 )
 
 

@@ -3,13 +3,13 @@
 One fresh infrastructure-only dev stack; the contenders take turns on it, each alone:
 
 - ``kube-controller-manager``: ``--controllers=namespace,garbagecollector``;
-- ``kubus``: a watcher (``--resources=v1/namespaces``, all the controller reads) and one
-  reconciler with ``--controllers=namespace`` (kubus has no garbage collector yet, and the
-  namespace controller does not need one: it deletes every namespaced resource itself).
+- ``kubus``: a watcher (its default ``--resources all``) and one reconciler with
+  ``--controllers=namespace,garbagecollector``.
 
-Per run: a fresh namespace with ``--objects`` objects, a third each ConfigMaps, Secrets and bare
-pods (which kwok runs), then DELETE and poll until the namespace is gone. Both controllers wait
-their 5 s deletion grace period first, so that is in every figure. Both get the same
+Per run: a fresh namespace (with its ``default`` ServiceAccount, which the bench makes) and
+``--objects`` objects in it, a third each ConfigMaps, Secrets and bare pods (which kwok runs),
+then DELETE and poll until the namespace is gone. Both controllers wait their 5 s deletion
+grace period first, so that is in every figure. Both get the same
 ``--kube-api-qps``/``--kube-api-burst`` (kcm's defaults unless given).
 
 Run: ``python -m bench.namespace_deletion [--objects 500] [--runs 3]``.
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.compare.contenders import KCM, Limits, _kcm, _wait_kcm
+from bench.compare.contenders import KCM, Limits, start_kcm, wait_kcm
 from bench.support import (
     ServiceProcess,
     dev_stack,
@@ -42,6 +42,7 @@ from bench.support import (
 from kubus.kube import ApiResource, KubeClient, NotFoundError, load_kube_config
 
 KUBUS = "kubus"
+CONTROLLERS = "namespace,garbagecollector"
 CONCURRENT_CREATES = 50
 TIMEOUT = 600.0
 
@@ -52,21 +53,21 @@ def contender(name: str, env: dict[str, str], limits: Limits, log_dir: Path) -> 
     started: list[ServiceProcess] = []
     try:
         if name == KCM:
-            kcm = _kcm(env, KCM, "namespace,garbagecollector", limits, log_dir)
+            kcm = start_kcm(env, KCM, CONTROLLERS, limits, log_dir)
             started.append(kcm)
-            _wait_kcm(kcm)
+            wait_kcm(kcm)
         else:
             prefix = f"--bus-prefix=ns{uuid.uuid4().hex[:8]}"
-            watcher = kubus_service(
-                env, "watcher", "watcher", prefix, "--resources=v1/namespaces", log_dir=log_dir
-            )
+            # The same controllers as kcm's; the watcher carries everything (its default), as
+            # the garbage collector needs.
+            watcher = kubus_service(env, "watcher", "watcher", prefix, log_dir=log_dir)
             started.append(watcher)
             reconciler = kubus_service(
                 env,
                 "reconciler",
                 "reconciler",
                 prefix,
-                "--controllers=namespace",
+                f"--controllers={CONTROLLERS}",
                 f"--kube-api-qps={limits.kube_api_qps:g}",
                 f"--kube-api-burst={limits.kube_api_burst}",
                 log_dir=log_dir,
@@ -84,6 +85,8 @@ async def one_run(kube: KubeClient, apis: dict[str, ApiResource], objects: int) 
     """Fill a fresh namespace, delete it; seconds until it is gone."""
     name = f"bench-{uuid.uuid4().hex[:8]}"
     await kube.create(apis["namespaces"], None, {"metadata": {"name": name}})
+    # The ServiceAccount admission plugin refuses pods without it; no contender makes it.
+    await kube.create(apis["serviceaccounts"], name, {"metadata": {"name": "default"}})
     limit = asyncio.Semaphore(CONCURRENT_CREATES)
 
     async def create(index: int) -> None:
@@ -119,6 +122,7 @@ async def measure(kubeconfig: Path, objects: int, runs: int) -> list[float]:
             "configmaps": await kube.discover("", "v1", "configmaps"),
             "secrets": await kube.discover("", "v1", "secrets"),
             "pods": await kube.discover("", "v1", "pods"),
+            "serviceaccounts": await kube.discover("", "v1", "serviceaccounts"),
         }
         return [await one_run(kube, apis, objects) for _ in range(runs)]
 

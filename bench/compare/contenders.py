@@ -92,10 +92,10 @@ class Contender:
                 yield Running()
                 return
             if not self.is_kubus:
-                started.append(_kcm(env, KCM, CONTROLLERS, limits, log_dir))
-                started.append(_kcm(env, KCM_GC, GC, limits, log_dir))
+                started.append(start_kcm(env, KCM, CONTROLLERS, limits, log_dir))
+                started.append(start_kcm(env, KCM_GC, GC, limits, log_dir))
                 for kcm in started:
-                    _wait_kcm(kcm)
+                    wait_kcm(kcm)
                 yield Running(processes=started)
                 return
             watcher = kubus_service(env, "watcher", "watcher", "--resources=all", log_dir=log_dir)
@@ -153,7 +153,7 @@ def contender_named(name: str) -> Contender:
     )
 
 
-def _kcm(
+def start_kcm(
     env: dict[str, str], name: str, controllers: str, limits: Limits, log_dir: Path
 ) -> ServiceProcess:
     binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure([KCM])[KCM].path
@@ -179,7 +179,7 @@ def _kcm(
     return ServiceProcess(name, service.process, service.log, health_port=port)
 
 
-def _wait_kcm(service: ServiceProcess) -> None:
+def wait_kcm(service: ServiceProcess) -> None:
     """Until kcm's /healthz answers and its controllers have synced their informers."""
     context = ssl.create_default_context()
     context.check_hostname = False

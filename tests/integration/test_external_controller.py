@@ -116,7 +116,17 @@ def test_installed_controllers_are_chosen_by_name_and_alias_and_bad_ones_are_one
     result = python(plugins, SELECT)
     assert result.returncode == 0, result.stderr
     chosen: dict[str, Any] = json.loads(result.stdout)
-    builtins = ["deployment-controller", "replicaset-controller"]
+    builtins = sorted(
+        [
+            "deployment-controller",
+            "garbage-collector-controller",
+            "namespace-controller",
+            "replicaset-controller",
+            "root-ca-certificate-publisher-controller",
+            "serviceaccount-controller",
+            "serviceaccount-token-controller",
+        ]
+    )
     # '*' turns on what is on by default: the built-ins and the one that says so.
     assert chosen["star"] == [*builtins, "configmap-count-controller"]
     assert chosen["by-alias"] == ["configmap-stamp-controller"]

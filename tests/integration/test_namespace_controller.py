@@ -236,16 +236,22 @@ def test_namespaces_not_being_deleted_or_already_finalized_are_left_alone(
             timeout=60,
             what="the content of the namespace with a foreign finalizer deleted",
         )
+        # The conditions are written after the deletion pass that emptied it.
+        wait_for(
+            lambda: (
+                conditions(core, foreign).get("NamespaceContentRemaining", ())[:2]
+                == ("False", "ContentRemoved")
+            ),
+            timeout=30,
+            what="NamespaceContentRemaining False/ContentRemoved on the emptied namespace",
+        )
         foreign_ns = core.read_namespace(foreign)
         assert foreign_ns.spec.finalizers == [HOLD]
         assert foreign_ns.status.phase == "Terminating"
-        assert conditions(core, foreign)["NamespaceContentRemaining"][:2] == (
-            "False",
-            "ContentRemoved",
-        )
 
         assert core.read_namespace(live).status.conditions is None
-        assert [c.metadata.name for c in core.list_namespaced_config_map(live).items] == ["cm"]
+        left = {c.metadata.name for c in core.list_namespaced_config_map(live).items}
+        assert left == {"cm", "kube-root-ca.crt"}  # the root CA publisher's, and the test's
         finalized_ns = core.read_namespace(finalized)
         assert finalized_ns.status.phase == "Terminating"
         assert not finalized_ns.status.conditions

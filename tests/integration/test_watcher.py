@@ -307,16 +307,16 @@ def test_object_over_the_nats_max_payload_is_published_as_a_reference(
     assert "over the NATS max payload" in (tmp_path / "watcher.log").read_text()
 
 
-def test_the_default_set_leaves_secrets_off_the_bus(
+def test_the_core_set_leaves_secrets_off_the_bus(
     kube: Any, namespace: str, stack_env: dict[str, str], prefix: str, tmp_path: Path
 ) -> None:
-    """`*` has no Secrets (named, or under `all`, they travel as metadata only: see
-    test_watcher_discovery.py)."""
+    """`*` has no Secrets (named, or under `all`, the default, they travel as metadata only:
+    see test_watcher_discovery.py)."""
     core = client.CoreV1Api(kube)
     core.create_namespaced_secret(
         namespace, {"metadata": {"name": "token"}, "stringData": {"password": "hunter2"}}
     )
-    with watcher(stack_env, tmp_path, f"--bus-prefix={prefix}"):
+    with watcher(stack_env, tmp_path, f"--bus-prefix={prefix}", "--resources=*"):
         core.create_namespaced_config_map(namespace, configmap("sentinel", v="1"))
         wait_for(
             lambda: "sentinel" in objects_on_bus(stack_env, prefix, CONFIGMAPS, namespace),

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from bus.subjects import partition_of
 from tests.integration.test_deployment import complete, deployment, replicasets_of
 from tests.integration.test_failover import lease_owners, member_of
+from tests.support.crds import crd_manifest, create_established_crd
 from tests.support.services import Pool, kubus_pool
 from tests.support.wait import wait_for
 
@@ -184,38 +185,10 @@ def test_cluster_scoped_and_custom_owners_and_a_wrong_uid_across_processes(
     custom = client.CustomObjectsApi(kube)
     run = uuid.uuid4().hex[:5]
     group = f"gc{run}.kubus.test"
-    extensions.create_custom_resource_definition(
-        {
-            "metadata": {"name": f"gadgets.{group}"},
-            "spec": {
-                "group": group,
-                "scope": "Namespaced",
-                "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
-                "versions": [
-                    {
-                        "name": "v1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {"openAPIV3Schema": {"type": "object"}},
-                    }
-                ],
-            },
-        }
-    )
     role_name = f"gc-owner-{run}"
     namespace = ""
+    create_established_crd(kube, crd_manifest(group, "Gadget"))
     try:
-        wait_for(
-            lambda: any(
-                c.type == "Established" and c.status == "True"
-                for c in extensions.read_custom_resource_definition(
-                    f"gadgets.{group}"
-                ).status.conditions
-                or []
-            ),
-            timeout=30,
-            what="the CRD established",
-        )
         with kubus_pool(
             stack_env, tmp_path, reconcilers=3, extra=[CONTROLLERS], watcher_args=WATCH_ALL
         ) as pool:

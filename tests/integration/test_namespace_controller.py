@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.support.crds import crd_manifest, create_established_crd
 from tests.support.services import Pool, kubus_pool
 from tests.support.wait import wait_for
 
@@ -50,30 +51,7 @@ def gone(core: client.CoreV1Api, name: str) -> bool:
 
 
 def widget_crd(kube: Any, group: str) -> None:
-    extensions = client.ApiextensionsV1Api(kube)
-    extensions.create_custom_resource_definition(
-        {
-            "metadata": {"name": f"widgets.{group}"},
-            "spec": {
-                "group": group,
-                "scope": "Namespaced",
-                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-                "versions": [
-                    {
-                        "name": "v1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {
-                            "openAPIV3Schema": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            }
-                        },
-                    }
-                ],
-            },
-        }
-    )
+    create_established_crd(kube, crd_manifest(group, "Widget"))
 
     def served() -> bool:
         try:

@@ -34,6 +34,7 @@ from tests.support.controllers import (
     digest,
     entry_points_for_test_controllers,
 )
+from tests.support.crds import crd_manifest, create_established_crd
 from tests.support.services import ServiceProcess, kubus_pool
 from tests.support.system import create_namespace
 from tests.support.wait import wait_for
@@ -347,37 +348,9 @@ def test_a_controller_reading_every_resource_gets_crd_objects_and_cluster_scoped
     group = f"t{run}.kubus.test"
     namespace = f"ev-{run}"
     create_namespace(core, namespace)
-    extensions.create_custom_resource_definition(
-        {
-            "metadata": {"name": f"gadgets.{group}"},
-            "spec": {
-                "group": group,
-                "scope": "Namespaced",
-                "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
-                "versions": [
-                    {
-                        "name": "v1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {"openAPIV3Schema": {"type": "object"}},
-                    }
-                ],
-            },
-        }
-    )
+    create_established_crd(kube, crd_manifest(group, "Gadget"))
     labels = {EVERY_LABEL: "yes"}
     try:
-        wait_for(
-            lambda: any(
-                c.type == "Established" and c.status == "True"
-                for c in extensions.read_custom_resource_definition(
-                    f"gadgets.{group}"
-                ).status.conditions
-                or []
-            ),
-            timeout=30,
-            what="the CRD established",
-        )
         with kubus_pool(
             stack_env,
             tmp_path,

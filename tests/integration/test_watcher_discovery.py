@@ -27,6 +27,7 @@ from bus.layout import BusLayout
 from bus.subjects import ResourceType
 from kubus.kube import KubeClient, discover_all, load_kube_config
 from tests.support.bus import objects_on_bus
+from tests.support.crds import crd_manifest
 from tests.support.services import ServiceProcess, watcher
 from tests.support.wait import wait_for
 
@@ -401,34 +402,9 @@ def _recording(stack_env: dict[str, str], subjects: str) -> Iterator[list[_Messa
 
 
 def _crd(group: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"gizmos.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Cluster",
-            "names": {"plural": "gizmos", "singular": "gizmo", "kind": "Gizmo"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {
-                                "spec": {
-                                    "type": "object",
-                                    "x-kubernetes-preserve-unknown-fields": True,
-                                }
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    spec = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    schema = {"type": "object", "properties": {"spec": spec}}
+    return crd_manifest(group, "Gizmo", scope="Cluster", schema=schema)
 
 
 @contextmanager

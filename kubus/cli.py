@@ -10,6 +10,7 @@ from nats.errors import Error as NatsError
 
 from bench.compare import cli as bench_cli
 from kubus.cliutil import ArgumentParser, fail
+from kubus.deploy import cli as deploy_cli
 from kubus.devstack import cli as dev_cli
 from reconcilers import cli as reconciler_cli
 from watcher import cli as watcher_cli
@@ -28,6 +29,7 @@ def build_parser() -> ArgumentParser:
     watcher_cli.add_watcher_command(commands)
     reconciler_cli.add_reconciler_command(commands)
     bench_cli.add_bench_command(commands)
+    deploy_cli.add_deploy_commands(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""In-cluster deployment: manifests generated from what the components declare."""

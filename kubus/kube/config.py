@@ -61,8 +61,13 @@ def load_kube_config(kubeconfig: Path | None, *, context: str | None = None) -> 
         hook = configuration.refresh_api_key_hook
         if hook is not None:
             hook(configuration)
-        value: str | None = configuration.get_api_key_with_prefix("authorization")
-        return value
+        # In-cluster config keys the token as "authorization"; a kubeconfig's user token the
+        # official client (v31 and later) keys as "BearerToken", prefix included.
+        for key in ("authorization", "BearerToken"):
+            value: str | None = configuration.get_api_key_with_prefix(key)
+            if value:
+                return value
+        return None
 
     try:
         ssl_context = _ssl_context(configuration)

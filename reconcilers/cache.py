@@ -49,7 +49,6 @@ class ObjectCache:
         self._objects: dict[ObjectRef, Object] = {}
         self._versions: dict[ObjectRef, int] = {}
         self._by_namespace: dict[tuple[ResourceType, str | None], set[ObjectRef]] = defaultdict(set)
-        self._by_controller: dict[tuple[ResourceType, str], set[ObjectRef]] = defaultdict(set)
         # Every object by uid, and the objects referencing an owner by the owner's uid: the
         # garbage collector's graph (an owner need not be cached to have dependents here).
         self._by_uid: dict[str, ObjectRef] = {}
@@ -74,9 +73,6 @@ class ObjectCache:
         self._counts[ref.resource] += 1
         self._partition_of[ref] = partition
         self._by_namespace[(ref.resource, ref.namespace)].add(ref)
-        owner = controller_of(obj)
-        if owner is not None:
-            self._by_controller[(ref.resource, owner.get("uid", ""))].add(ref)
         meta = obj.get("metadata", {})
         if uid := meta.get("uid"):
             self._by_uid[uid] = ref
@@ -99,8 +95,19 @@ class ObjectCache:
             yield self._objects[ref]
 
     def controlled_by(self, resource: ResourceType, owner_uid: str) -> Iterator[Object]:
-        for ref in tuple(self._by_controller.get((resource, owner_uid), ())):
-            yield self._objects[ref]
+        """The cached ``resource`` objects whose controller reference is ``owner_uid`` (the
+        owner index, filtered: one index fewer to keep on every change)."""
+        name, group, version = resource.resource, resource.group, resource.version
+        for ref in tuple(self._by_owner.get(owner_uid, ())):
+            kind = ref.resource  # field by field: cheaper than the dataclass's __eq__
+            if kind.resource != name or kind.group != group or kind.version != version:
+                continue
+            obj = self._objects[ref]
+            for reference in obj["metadata"]["ownerReferences"]:
+                if reference.get("controller"):
+                    if reference.get("uid") == owner_uid:
+                        yield obj
+                    break
 
     def by_uid(self, uid: str) -> tuple[ObjectRef, Object] | None:
         """The cached object with this uid, if any."""
@@ -132,9 +139,6 @@ class ObjectCache:
             return None
         self._counts[ref.resource] -= 1
         self._by_namespace[(ref.resource, ref.namespace)].discard(ref)
-        owner = controller_of(previous)
-        if owner is not None:
-            self._by_controller[(ref.resource, owner.get("uid", ""))].discard(ref)
         uid = previous.get("metadata", {}).get("uid")
         if uid and self._by_uid.get(uid) == ref:
             del self._by_uid[uid]

@@ -29,6 +29,7 @@ __all__ = [
     "legacy_claims",
     "load_signing_key",
     "make_username",
+    "read_file",
 ]
 
 LEGACY_ISSUER: Final = "kubernetes/serviceaccount"
@@ -88,15 +89,20 @@ class SigningKey:
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
-def load_signing_key(path: Path) -> SigningKey:
-    """The key in the PEM file ``path`` (PKCS#1, SEC1 or PKCS#8); ValueError says what is
-    wrong with it in a few words."""
+def read_file(path: Path) -> bytes:
+    """The bytes of a file a flag names; ValueError names it and says why not, in a few words."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except OSError as error:
         raise ValueError(f"{path}: {error.strerror}") from None
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """The key in the PEM file ``path`` (PKCS#1, SEC1 or PKCS#8); ValueError says what is
+    wrong with it in a few words."""
+    data = read_file(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):

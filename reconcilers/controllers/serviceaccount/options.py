@@ -15,7 +15,11 @@ from cryptography import x509
 
 from kubus.kube import KubeClient
 from reconcilers.controller import Flag
-from reconcilers.controllers.serviceaccount.legacytoken import SigningKey, load_signing_key
+from reconcilers.controllers.serviceaccount.legacytoken import (
+    SigningKey,
+    load_signing_key,
+    read_file,
+)
 
 __all__ = ["PRIVATE_KEY_FILE", "ROOT_CA_FILE", "read_root_ca", "root_ca"]
 
@@ -27,12 +31,7 @@ def _signing_key(value: str) -> SigningKey:
 def read_root_ca(value: str) -> bytes:
     """The PEM bundle in ``value``: one or more certificates, nothing unparsable."""
     path = Path(value).expanduser()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except OSError as error:
-        raise ValueError(f"{path}: {error.strerror}") from None
+    data = read_file(path)
     try:
         x509.load_pem_x509_certificates(data)
     except ValueError:

@@ -35,6 +35,8 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m pip --python /opt/kubus/bin/python install --only-binary=:all: /wheels/kubus-*.whl
 
 FROM ${PYTHON_IMAGE}
+# (An ARG from before the first FROM is seen inside a stage only when declared again.)
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="kubus" \

@@ -171,8 +171,12 @@ def test_oci_labels_agree_with_pyproject() -> None:
     assert isinstance(project, dict)
     assert labels["org.opencontainers.image.title"] == project["name"]
     assert labels["org.opencontainers.image.licenses"] == project["license"]
-    versions = dict(a.partition("=")[::2] for a in final.values("ARG"))
-    assert substitute(labels["org.opencontainers.image.version"], versions) == project["version"]
+    declared = dict(a.partition("=")[::2] for a in final.values("ARG"))
+    assert substitute(labels["org.opencontainers.image.version"], declared) == project["version"]
+    # A stage sees only the ARGs it declares: an undeclared one would make an empty label.
+    for value in labels.values():
+        for variable in re.findall(r"\$\{?(\w+)", value):
+            assert variable in declared, f"LABEL uses ${variable}, not declared in the stage"
 
 
 # .dockerignore, as Docker applies it

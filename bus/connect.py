@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
 # Per attempt; attempts repeat until the overall deadline.
 _ATTEMPT_TIMEOUT: Final = 5.0
+_CLOSE_TIMEOUT: Final = 1.0
 _SCRUB_MIN: Final = 3
 # What nats-server says (as -ERR) to credentials it does not take.
 _REFUSALS: Final = (
@@ -141,6 +142,12 @@ class _Events:
             ):
                 # Raised out of nats-py's connect loop: the same credentials will not do better.
                 raise _Refused(f"the server refused the credentials ({reason})")
+            if isinstance(error, ssl.SSLCertVerificationError):
+                # Nor will the same trust store: say which flag changes it.
+                raise _Refused(
+                    f"the server's TLS certificate is not trusted ({reason}); --nats-tls-ca "
+                    "names the CA that signed it"
+                )
             return
         # One warning per outage; the retries after it at debug level.
         log.log(logging.DEBUG if self._failing else logging.WARNING, "NATS: %s", reason)
@@ -205,8 +212,10 @@ async def connect_nats(
     finally:
         events.connected = connected
         if not connected:
+            # Bounded: nats-py's close of a client whose TLS handshake failed waits for ever
+            # (for the half-open transport to close); such a client has nothing to flush.
             with contextlib.suppress(Exception):
-                await client.close()
+                await asyncio.wait_for(client.close(), timeout=_CLOSE_TIMEOUT)
     if connected:
         return client
     raise NatsConnectError(

@@ -244,12 +244,17 @@ class NatsCluster:
 
     # --- addresses ------------------------------------------------------------------------
 
-    def url(self, user: str, *, scheme: str = "tls") -> str:
-        """The three servers as ``--nats-url`` takes them, with ``user``'s credentials."""
+    def url(self, user: str, *, scheme: str = "tls", first: ClusterNode | None = None) -> str:
+        """The three servers as ``--nats-url`` takes them, with ``user``'s credentials;
+        ``first`` first (kubus tries them in order)."""
         password = self.passwords[user]
-        return ",".join(
-            f"{scheme}://{user}:{password}@127.0.0.1:{node.port}" for node in self.nodes
-        )
+        nodes = sorted(self.nodes, key=lambda node: node is not first)
+        return ",".join(f"{scheme}://{user}:{password}@127.0.0.1:{node.port}" for node in nodes)
+
+    def clients(self, node: ClusterNode) -> list[str]:
+        """The names of the clients connected to ``node`` (/connz)."""
+        document = self.monitor(node, "connz?limit=1024")
+        return sorted(str(entry.get("name", "")) for entry in document.get("connections") or ())
 
     def node(self, name: str) -> ClusterNode:
         return next(node for node in self.nodes if node.name == name)

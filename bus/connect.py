@@ -122,6 +122,7 @@ class _Events:
         self.connected = False
         self.last_error: str | None = None
         self._failing = False
+        self._on: str | None = None  # the server connected to last, once known
         credentials = {s for server in servers for s in (server.user, server.password) if s}
         # Longest first: a secret that contains another is scrubbed whole.
         self._secrets = sorted((s for s in credentials if len(s) >= _SCRUB_MIN), key=len)[::-1]
@@ -155,18 +156,19 @@ class _Events:
 
     async def disconnected(self) -> None:
         if self.connected and not self.client.is_closed:
-            log.warning("disconnected from NATS at %s; reconnecting", self._current())
+            log.warning("disconnected from NATS at %s; reconnecting", self._on or self.server)
 
     async def reconnected(self) -> None:
         self._failing = False
-        log.info("reconnected to NATS at %s", self._current())
+        self.note_server()
+        log.info("reconnected to NATS at %s", self._on or self.server)
 
-    def _current(self) -> str:
-        """The server the client is (or was last) on, without credentials."""
+    def note_server(self) -> None:
+        """Remember the server the client is on now (without credentials), for the lines
+        about losing it."""
         uri = self.client.connected_url
-        if uri is None or not uri.hostname:
-            return self.server
-        return str(ServerUrl(uri.scheme or "nats", uri.hostname, uri.port or 4222))
+        if uri is not None and uri.hostname:
+            self._on = str(ServerUrl(uri.scheme or "nats", uri.hostname, uri.port or 4222))
 
 
 async def connect_nats(
@@ -211,7 +213,9 @@ async def connect_nats(
         reason = events.scrub(error)
     finally:
         events.connected = connected
-        if not connected:
+        if connected:
+            events.note_server()
+        else:
             # Bounded: nats-py's close of a client whose TLS handshake failed waits for ever
             # (for the half-open transport to close); such a client has nothing to flush.
             with contextlib.suppress(Exception):

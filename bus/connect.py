@@ -3,10 +3,15 @@
 nats-py left to itself retries an unreachable server for ever when asked to reconnect for
 ever, and its default error callback logs a traceback per attempt, URL credentials included
 where the error quotes them. Here the first connection has a deadline and fails with one
-:class:`NatsConnectError` naming the server as :class:`ServerUrl` prints it (no user, password
-or token); credentials the server refuses fail at once rather than at the deadline. Once
-connected, the client reconnects for as long as it lives and each disconnection is logged in
-a line or two.
+:class:`NatsConnectError` naming the servers as :class:`ServerUrl` prints them (no user,
+password or token); credentials the server refuses fail at once rather than at the deadline.
+Once connected, the client reconnects for as long as it lives and each disconnection is logged
+in a line or two.
+
+``--nats-url`` names one server or a comma-separated list of a cluster's servers
+(:func:`bus.connection.parse_servers`); ``--nats-tls-ca`` a PEM file of the CA certificates
+the servers' TLS certificates are verified against (:func:`nats_tls_context`), instead of the
+system trust store.
 
 :func:`check_jetstream` asks what the bus needs of the server before anything is created on
 it: JetStream enabled, and enough servers for the stream's replicas.
@@ -19,6 +24,7 @@ import contextlib
 import json
 import logging
 import ssl
+from pathlib import Path
 from typing import Any, Final, cast
 
 from nats.aio.client import Client as NatsClient
@@ -26,7 +32,7 @@ from nats.errors import AuthorizationError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.js.errors import ServiceUnavailableError
 
-from bus.connection import ServerUrl
+from bus.connection import ServerUrl, describe_servers, parse_servers, split_server_urls
 from bus.errors import BusError
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "TooManyReplicas",
     "check_jetstream",
     "connect_nats",
+    "nats_tls_context",
     "nats_url",
     "single_server",
 ]
@@ -44,6 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
 # Per attempt; attempts repeat until the overall deadline.
 _ATTEMPT_TIMEOUT: Final = 5.0
+_CLOSE_TIMEOUT: Final = 1.0
 _SCRUB_MIN: Final = 3
 # What nats-server says (as -ERR) to credentials it does not take.
 _REFUSALS: Final = (
@@ -58,10 +66,37 @@ def nats_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, not {value!r} ({type(value).__name__})")
     try:
-        ServerUrl.parse(value)
+        parse_servers(value)
     except BusError as error:
         raise ValueError(str(error)) from None
     return value
+
+
+_PEM_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
+
+
+def nats_tls_context(ca_file: Path) -> ssl.SSLContext:
+    """A client TLS context that trusts the CA certificates of ``ca_file`` (PEM), and only
+    those; ValueError ``"<file>: <what is wrong>"`` if it cannot be read or holds none."""
+    try:
+        data = ca_file.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{ca_file}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{ca_file}: is a directory, not a PEM file") from None
+    except OSError as error:
+        raise ValueError(f"{ca_file}: {error.strerror or error}") from None
+    text = data.decode("ascii", errors="replace")
+    if _PEM_CERTIFICATE not in text:
+        raise ValueError(
+            f"{ca_file}: not a PEM CA bundle (no '{_PEM_CERTIFICATE}' block in its "
+            f"{len(data)} bytes)"
+        )
+    try:
+        return ssl.create_default_context(cadata=text)
+    except ssl.SSLError as error:
+        reason = error.reason or str(error)
+        raise ValueError(f"{ca_file}: not a PEM CA bundle ({reason})") from None
 
 
 class NatsConnectError(BusError):
@@ -81,13 +116,16 @@ class _Refused(Exception):
 class _Events:
     """nats-py's callbacks: quiet while connecting, a line per disconnection afterwards."""
 
-    def __init__(self, server: ServerUrl, client: NatsClient) -> None:
-        self.server = server
+    def __init__(self, servers: tuple[ServerUrl, ...], client: NatsClient) -> None:
+        self.server = describe_servers(servers)
         self.client = client
         self.connected = False
         self.last_error: str | None = None
         self._failing = False
-        self._secrets = [s for s in (server.user, server.password) if s and len(s) >= _SCRUB_MIN]
+        self._on: str | None = None  # the server connected to last, once known
+        credentials = {s for server in servers for s in (server.user, server.password) if s}
+        # Longest first: a secret that contains another is scrubbed whole.
+        self._secrets = sorted((s for s in credentials if len(s) >= _SCRUB_MIN), key=len)[::-1]
 
     def scrub(self, error: BaseException | str) -> str:
         text = str(error) or type(error).__name__
@@ -105,6 +143,12 @@ class _Events:
             ):
                 # Raised out of nats-py's connect loop: the same credentials will not do better.
                 raise _Refused(f"the server refused the credentials ({reason})")
+            if isinstance(error, ssl.SSLCertVerificationError):
+                # Nor will the same trust store: say which flag changes it.
+                raise _Refused(
+                    f"the server's TLS certificate is not trusted ({reason}); --nats-tls-ca "
+                    "names the CA that signed it"
+                )
             return
         # One warning per outage; the retries after it at debug level.
         log.log(logging.DEBUG if self._failing else logging.WARNING, "NATS: %s", reason)
@@ -112,11 +156,19 @@ class _Events:
 
     async def disconnected(self) -> None:
         if self.connected and not self.client.is_closed:
-            log.warning("disconnected from NATS at %s; reconnecting", self.server)
+            log.warning("disconnected from NATS at %s; reconnecting", self._on or self.server)
 
     async def reconnected(self) -> None:
         self._failing = False
-        log.info("reconnected to NATS at %s", self.server)
+        self.note_server()
+        log.info("reconnected to NATS at %s", self._on or self.server)
+
+    def note_server(self) -> None:
+        """Remember the server the client is on now (without credentials), for the lines
+        about losing it."""
+        uri = self.client.connected_url
+        if uri is not None and uri.hostname:
+            self._on = str(ServerUrl(uri.scheme or "nats", uri.hostname, uri.port or 4222))
 
 
 async def connect_nats(
@@ -125,17 +177,24 @@ async def connect_nats(
     name: str,
     within: float = DEFAULT_CONNECT_TIMEOUT,
     reconnect_wait: float = 0.5,
+    tls: ssl.SSLContext | None = None,
 ) -> NatsClient:
-    """A connected client, or :class:`NatsConnectError` after at most ``within`` seconds."""
-    server = ServerUrl.parse(url)
+    """A connected client, or :class:`NatsConnectError` after at most ``within`` seconds.
+
+    ``url`` is one server or a comma-separated list; ``tls`` the context TLS connections are
+    verified with (default: the system trust store)."""
+    servers = parse_servers(url)
     client = NatsClient()
-    events = _Events(server, client)
+    events = _Events(servers, client)
     connected = False
+    options: dict[str, Any] = {} if tls is None else {"tls": tls}
     try:
         async with asyncio.timeout(within):
             await client.connect(
-                servers=[url if "://" in url else f"nats://{url.strip()}"],
+                servers=_nats_py_urls(url),
                 name=name,
+                # In the order given: the first is the one to try first (nats-py shuffles).
+                dont_randomize=True,
                 max_reconnect_attempts=-1,
                 # nats-py annotates these int; it waits on them with asyncio, floats and all.
                 reconnect_time_wait=cast(int, reconnect_wait),
@@ -143,6 +202,7 @@ async def connect_nats(
                 error_cb=events.error,
                 disconnected_cb=events.disconnected,
                 reconnected_cb=events.reconnected,
+                **options,
             )
         connected = True
     except TimeoutError:
@@ -153,14 +213,23 @@ async def connect_nats(
         reason = events.scrub(error)
     finally:
         events.connected = connected
-        if not connected:
+        if connected:
+            events.note_server()
+        else:
+            # Bounded: nats-py's close of a client whose TLS handshake failed waits for ever
+            # (for the half-open transport to close); such a client has nothing to flush.
             with contextlib.suppress(Exception):
-                await client.close()
+                await asyncio.wait_for(client.close(), timeout=_CLOSE_TIMEOUT)
     if connected:
         return client
     raise NatsConnectError(
-        f"cannot connect to NATS at {server} within {within:g}s: {reason}"
+        f"cannot connect to NATS at {events.server} within {within:g}s: {reason}"
     ) from None
+
+
+def _nats_py_urls(url: str) -> list[str]:
+    """The list's URLs as nats-py takes them: each with a scheme."""
+    return [item if "://" in item else f"nats://{item}" for item in split_server_urls(url)]
 
 
 async def check_jetstream(client: NatsClient, url: str, *, replicas: int = 1) -> None:
@@ -170,7 +239,7 @@ async def check_jetstream(client: NatsClient, url: str, *, replicas: int = 1) ->
     addresses, several per server); there the server refuses a stream with too many replicas
     when it is created, before anything else exists.
     """
-    server = ServerUrl.parse(url)
+    server = describe_servers(parse_servers(url))
     try:
         await client.jetstream().account_info()
     except (ServiceUnavailableError, NoRespondersError):
@@ -189,9 +258,17 @@ async def check_jetstream(client: NatsClient, url: str, *, replicas: int = 1) ->
 
 
 async def single_server(url: str, *, within: float = 5.0) -> bool:
-    """True if the server says in its INFO that it is in no cluster; False if it is, or if it
-    does not say ``within`` seconds (a server that starts with TLS, say)."""
-    server = ServerUrl.parse(url)
+    """True if the (first answering) server says in its INFO that it is in no cluster; False
+    if it is, or if none says within ``within`` seconds (a server that starts with TLS, say)."""
+    for server in dict.fromkeys(parse_servers(url)):
+        answer = await _alone(server, within=within)
+        if answer is not None:
+            return answer
+    return False
+
+
+async def _alone(server: ServerUrl, *, within: float) -> bool | None:
+    """What one server's INFO says: in no cluster (True), in one (False), or nothing (None)."""
     info: dict[str, Any] = {}
     writer = None
     try:
@@ -201,10 +278,12 @@ async def single_server(url: str, *, within: float = 5.0) -> bool:
         if line.startswith(b"INFO "):
             info = json.loads(line[5:])
     except (OSError, TimeoutError, ValueError):
-        return False
+        return None
     finally:
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-    return bool(info) and not info.get("cluster")
+    if not info:
+        return None
+    return not info.get("cluster")

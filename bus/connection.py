@@ -7,11 +7,13 @@ kubus's own work per event. This connection speaks the NATS client protocol itse
 
 It does what a long-lived client connection must, and no more:
 
-- ``nats://`` and ``tls://`` URLs with ``user:password@`` or ``token@`` credentials; TLS when the
-  scheme asks for it or the server requires it (system trust store, so ``SSL_CERT_FILE`` works);
+- ``nats://`` and ``tls://`` URLs with ``user:password@`` or ``token@`` credentials, one or a
+  comma-separated list of a cluster's servers (:func:`parse_servers`); TLS when the scheme asks
+  for it or the server requires it (the system trust store, so ``SSL_CERT_FILE`` works, or the
+  context given);
 - answering the server's PINGs, and its own PINGs to notice a dead server;
-- reconnecting for as long as it is open, to its URL and to the cluster's other servers that
-  the server announces, re-subscribing each time.
+- reconnecting for as long as it is open, to the URLs given and to the cluster's other servers
+  that the server announces, re-subscribing each time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +39,9 @@ __all__ = [
     "ProtocolError",
     "ServerUrl",
     "WireParser",
+    "describe_servers",
+    "parse_servers",
+    "split_server_urls",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,6 +117,35 @@ class ServerUrl:
         """Without the credentials: this is what logs and errors show."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+
+# Between the URLs of a list: a comma, where the next URL's scheme follows (so that a comma in
+# a password does not split it).
+_NEXT_URL: Final = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def parse_servers(text: str) -> tuple[ServerUrl, ...]:
+    """One server URL, or several separated by commas (the servers of one cluster, as nats-py
+    takes them): ``nats://a:4222,nats://b:4222``, or ``a:4222,b:4222`` without schemes.
+
+    Each URL carries its own credentials. BusError names the URL at fault, never credentials.
+    """
+    items = split_server_urls(text)
+    if len(items) > 1 and not all(items):
+        shown = ",".join(_redact(item) for item in items)
+        raise BusError(f"bad NATS URL list {shown!r}: an empty entry")
+    return tuple(ServerUrl.parse(item) for item in items)
+
+
+def split_server_urls(text: str) -> list[str]:
+    """The list's items as written (stripped, not checked): see :func:`parse_servers`."""
+    items = _NEXT_URL.split(text.strip()) if "://" in text else text.split(",")
+    return [item.strip() for item in items]
+
+
+def describe_servers(servers: tuple[ServerUrl, ...] | list[ServerUrl]) -> str:
+    """The servers as messages name them: without credentials, comma-separated."""
+    return ", ".join(str(server) for server in servers)
 
 
 def _redact(url: str) -> str:
@@ -271,8 +306,9 @@ class NatsConnection:
         max_pings_out: int = 2,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self._url = ServerUrl.parse(url)
-        self._servers: list[ServerUrl] = [self._url]
+        self._configured = parse_servers(url)
+        self._url = self._configured[0]  # whose credentials announced servers are reached with
+        self._servers: list[ServerUrl] = list(dict.fromkeys(self._configured))
         self._name = name
         self.on_message = on_message
         self._on_disconnect = on_disconnect
@@ -300,7 +336,7 @@ class NatsConnection:
 
     @property
     def servers(self) -> tuple[ServerUrl, ...]:
-        """Where a reconnect tries: the URL's server, then those the cluster announced."""
+        """Where a reconnect tries: the URLs' servers, then those the cluster announced."""
         return tuple(self._servers)
 
     def subscribe(self, subject: str) -> None:
@@ -310,16 +346,29 @@ class NatsConnection:
         self._subjects.append(subject)
 
     async def connect(self) -> None:
-        """The first connection; raises NotConnected (or ConnectionRefused) with the reason."""
-        try:
-            await asyncio.wait_for(self._open(self._url), timeout=self._connect_timeout)
-        except (OSError, TimeoutError, ssl.SSLError, BusError) as error:
-            if isinstance(error, TimeoutError):
-                reason = f"no answer within {self._connect_timeout:g}s"
-            else:
-                reason = str(error) or repr(error)
-            kind = ConnectionRefused if isinstance(error, ConnectionRefused) else NotConnected
-            raise kind(f"cannot connect to NATS at {self._url}: {reason}") from error
+        """The first connection, to the first of the URLs' servers that takes it; raises
+        NotConnected (or ConnectionRefused, at once: the others would refuse the same
+        credentials) with each server's reason."""
+        failures: list[str] = []
+        last: BaseException | None = None
+        for server in dict.fromkeys(self._configured):
+            try:
+                await asyncio.wait_for(self._open(server), timeout=self._connect_timeout)
+            except (OSError, TimeoutError, ssl.SSLError, BusError) as error:
+                if isinstance(error, TimeoutError):
+                    reason = f"no answer within {self._connect_timeout:g}s"
+                else:
+                    reason = str(error) or repr(error)
+                if isinstance(error, ConnectionRefused):
+                    raise ConnectionRefused(
+                        f"cannot connect to NATS at {server}: {reason}"
+                    ) from error
+                failures.append(f"{server}: {reason}")
+                last = error
+                continue
+            break
+        else:
+            raise NotConnected(f"cannot connect to NATS at {'; '.join(failures)}") from last
         self._pinging = asyncio.get_running_loop().create_task(self._ping_loop())
 
     def write(self, data: bytes) -> None:

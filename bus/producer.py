@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from typing import Final
@@ -104,6 +105,7 @@ class JetStreamProducer:
         name: str = "kubus-producer",
         ack_timeout: float = 10.0,
         connect_timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._ack_timeout = ack_timeout
         inbox = f"_INBOX.{secrets.token_hex(11)}"
@@ -115,6 +117,7 @@ class JetStreamProducer:
             on_message=self._on_reply,
             on_disconnect=self._fail_all,
             connect_timeout=connect_timeout,
+            tls=tls,
         )
         self._connection.subscribe(f"{inbox}.*")
         self._next_token = 0

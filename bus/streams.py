@@ -26,10 +26,11 @@ from nats.js.kv import KeyValue
 from bus.errors import BusConfigError
 from bus.layout import BusLayout
 
-__all__ = ["StreamSettings", "ensure_bucket", "ensure_object_stream"]
+__all__ = ["MAX_REPLICAS", "StreamSettings", "ensure_bucket", "ensure_object_stream"]
 
 log = logging.getLogger(__name__)
 
+MAX_REPLICAS: Final = 5  # JetStream's own limit on a stream's (and a bucket's) replicas
 # Bumped when kubus changes how it lays out the stream; recorded in the stream's metadata.
 SETTINGS_VERSION: Final = "1"
 PARTITIONS_KEY: Final = "kubus.partitions"
@@ -122,14 +123,20 @@ async def ensure_object_stream(
 
 
 async def ensure_bucket(
-    js: JetStreamContext, bucket: str, *, ttl_seconds: float | None = None, history: int = 1
+    js: JetStreamContext,
+    bucket: str,
+    *,
+    ttl_seconds: float | None = None,
+    history: int = 1,
+    replicas: int = 1,
 ) -> KeyValue:
-    """A KV bucket with these settings; an existing one with other TTL/history is an error."""
+    """A KV bucket with these settings; an existing one with other TTL/history is an error,
+    one with another number of replicas is brought to ``replicas`` (NATS can, in place)."""
     try:
         kv = await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=history, ttl=ttl_seconds)
+            KeyValueConfig(bucket=bucket, history=history, ttl=ttl_seconds, replicas=replicas)
         )
     status = await kv.status()
     have_ttl = status.ttl or None
@@ -138,6 +145,12 @@ async def ensure_bucket(
             f"bucket {bucket} has ttl={have_ttl} history={status.history}, kubus wants "
             f"ttl={ttl_seconds} history={history}; delete the bucket to start over"
         )
+    config = status.stream_info.config
+    have_replicas = config.num_replicas or 1
+    if have_replicas != replicas:
+        config.num_replicas = replicas
+        await js.update_stream(config)
+        log.warning("updated bucket %s: replicas %d -> %d", bucket, have_replicas, replicas)
     return kv
 
 

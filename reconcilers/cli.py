@@ -23,6 +23,7 @@ import yaml
 from bus.connect import DEFAULT_CONNECT_TIMEOUT, nats_url
 from bus.errors import BusError
 from bus.layout import MAX_PARTITIONS, BusLayout
+from bus.streams import MAX_REPLICAS
 from bus.subjects import DEFAULT_PARTITIONS
 from kubus.cliutil import (
     ArgumentParser,
@@ -47,6 +48,7 @@ from kubus.startup import (
     check_outside,
     check_probe_addresses,
     read_kubeconfig,
+    read_nats_tls_ca,
 )
 from reconcilers.controller import Flag
 from reconcilers.manager import Manager, ManagerConfig, ManagerError
@@ -141,9 +143,16 @@ FLAGS: Final[tuple[_Flag, ...]] = (
     _Flag(
         "nats-url",
         nats_url,
-        f"NATS server, nats://[user:password@|token@]host[:port] or tls://... (default "
-        f"$NATS_URL, else {DEFAULT_NATS_URL})",
+        "NATS server, nats://[user:password@|token@]host[:port] or tls://..., or a "
+        f"comma-separated list of a cluster's servers (default $NATS_URL, else {DEFAULT_NATS_URL})",
         "URL",
+    ),
+    _Flag(
+        "nats-tls-ca",
+        _path,
+        "PEM file of the CA certificates that NATS servers' TLS certificates are verified "
+        "against, instead of the system trust store (default $NATS_TLS_CA)",
+        "FILE",
     ),
     _Flag(
         "connect-timeout",
@@ -182,6 +191,14 @@ FLAGS: Final[tuple[_Flag, ...]] = (
         "partitions",
         whole_number(minimum=1, maximum=MAX_PARTITIONS),
         f"partitions of the object stream; must match the watcher's (default {DEFAULT_PARTITIONS})",
+        "N",
+    ),
+    _Flag(
+        "stream-replicas",
+        whole_number(minimum=1, maximum=MAX_REPLICAS),
+        "JetStream replicas of the pool's KV buckets and of the dead-letter stream (and of the "
+        "object stream, if this process is the first to need it), at most the servers of the "
+        f"NATS cluster and {MAX_REPLICAS} (default 1)",
         "N",
     ),
     _Flag(
@@ -299,6 +316,7 @@ def _by_name() -> dict[str, _Flag]:
 _DEFAULTS: Final[dict[str, Any]] = {
     "kubeconfig": None,
     "nats_url": None,  # then $NATS_URL, then DEFAULT_NATS_URL
+    "nats_tls_ca": None,  # then $NATS_TLS_CA, then the system trust store
     "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "pool": "default",
     "controllers": "*",
@@ -307,6 +325,7 @@ _DEFAULTS: Final[dict[str, Any]] = {
     "kube_api_burst": 30,
     "bus_prefix": "kubus",
     "partitions": DEFAULT_PARTITIONS,
+    "stream_replicas": 1,
     "partition_lease_duration": 10.0,
     "partition_renew_deadline": 7.0,
     "partition_retry_period": 2.0,
@@ -470,9 +489,12 @@ def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, Outside]:
             raise ReconcilerConfigError(
                 f"--reconcile-audit-log {audit_log}: {error.strerror}"
             ) from None
+    nats_tls = read_nats_tls_ca(values["nats_tls_ca"])
     kubeconfig, kube_config, kube_source = read_kubeconfig(values["kubeconfig"])
     config = ManagerConfig(
         nats_url=values["nats_url"],
+        nats_tls=nats_tls,
+        stream_replicas=values["stream_replicas"],
         pool=values["pool"],
         controllers=controllers,
         layout=BusLayout(prefix=values["bus_prefix"], partitions=values["partitions"]),
@@ -494,6 +516,8 @@ def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, Outside]:
         nats_url=values["nats_url"],
         nats_source=values["nats_url_source"],
         within=values["connect_timeout"],
+        stream_replicas=values["stream_replicas"],
+        nats_tls=nats_tls,
     )
     return config, outside
 

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import ssl
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
@@ -41,7 +42,7 @@ from bus.deadletter import ensure_dead_letter_stream
 from bus.envelope import Envelope
 from bus.errors import BusError
 from bus.layout import BusLayout
-from bus.streams import ensure_bucket, ensure_object_stream
+from bus.streams import StreamSettings, ensure_bucket, ensure_object_stream
 from bus.subjects import ObjectRef, ResourceType, partition_of
 from kubus.kube import ApiResource, KubeClient, load_kube_config
 from kubus.serving import BindAddress, ProbeServer
@@ -71,7 +72,7 @@ class ManagerError(Exception):
 
 @dataclass(frozen=True)
 class ManagerConfig:
-    nats_url: str
+    nats_url: str  # one server or a comma-separated list
     pool: str
     controllers: tuple[type[Controller], ...]
     layout: BusLayout = field(default_factory=BusLayout)
@@ -90,6 +91,11 @@ class ManagerConfig:
     # Per controller name: its own flags' values (Controller.flags), by flag name.
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     connect_timeout: float = CONNECT_TIMEOUT
+    # --nats-tls-ca: what TLS connections to NATS are verified with (None: the system store).
+    nats_tls: ssl.SSLContext | None = None
+    # JetStream replicas of the pool's buckets and the dead-letter stream (and of the object
+    # stream, if it does not exist yet: the watcher owns its settings once it does).
+    stream_replicas: int = 1
 
 
 class _Running(NamedTuple):
@@ -135,13 +141,18 @@ class Manager:
     async def run(self, stop: asyncio.Event, serving: asyncio.Event | None = None) -> None:
         config = self._config
         tracer = setup_tracing("kubus-reconciler")
-        nc = await _connect(config.nats_url, config.member, config.connect_timeout)
+        nc = await _connect(
+            config.nats_url, config.member, config.connect_timeout, tls=config.nats_tls
+        )
         try:
             js = nc.jetstream()
             self._js = js
             self._max_payload = nc.max_payload
-            await ensure_object_stream(js, self._layout, update=False)
-            await ensure_dead_letter_stream(js, self._layout)
+            replicas = config.stream_replicas
+            await ensure_object_stream(
+                js, self._layout, StreamSettings(replicas=replicas), update=False
+            )
+            await ensure_dead_letter_stream(js, self._layout, replicas=replicas)
             members = await self._bucket(js, "members")
             leases = await self._bucket(js, "leases")
             leaders = await self._bucket(js, "leaders")
@@ -200,6 +211,7 @@ class Manager:
             js,
             f"{self._layout.prefix}-{self._config.pool}-{what}",
             ttl_seconds=self._config.timing.lease_duration,
+            replicas=self._config.stream_replicas,
         )
 
     def _build(self, context: Context, kube: KubeClient, tracer: Any) -> list[Worker]:
@@ -598,10 +610,12 @@ def _partition(request: Request, layout: BusLayout) -> int:
     return partition_of(request.namespace, request.name, layout.partitions)
 
 
-async def _connect(url: str, member: str, within: float) -> NatsClient:
+async def _connect(
+    url: str, member: str, within: float, *, tls: ssl.SSLContext | None = None
+) -> NatsClient:
     # Bounded, one line, no credentials: the URL is shown as ServerUrl prints it.
     try:
-        return await connect_nats(url, name=f"kubus-reconciler-{member}", within=within)
+        return await connect_nats(url, name=f"kubus-reconciler-{member}", within=within, tls=tls)
     except BusError as failure:
         raise ManagerError(str(failure)) from None
 

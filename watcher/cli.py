@@ -35,6 +35,7 @@ from kubus.startup import (
     check_outside,
     check_probe_addresses,
     read_kubeconfig,
+    read_nats_tls_ca,
 )
 from watcher.config import (
     ALL,
@@ -73,8 +74,16 @@ def add_watcher_command(subparsers: argparse._SubParsersAction[ArgumentParser]) 
         type=flag_type(nats_url),
         default=None,
         metavar="URL",
-        help="NATS server, nats://[user:password@|token@]host[:port] or tls://... "
-        f"(default $NATS_URL, else {DEFAULT_NATS_URL})",
+        help="NATS server, nats://[user:password@|token@]host[:port] or tls://..., or a "
+        f"comma-separated list of a cluster's servers (default $NATS_URL, else {DEFAULT_NATS_URL})",
+    )
+    parser.add_argument(
+        "--nats-tls-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="PEM file of the CA certificates that NATS servers' TLS certificates are verified "
+        "against, instead of the system trust store (default $NATS_TLS_CA)",
     )
     parser.add_argument(
         "--connect-timeout",
@@ -129,8 +138,8 @@ def add_watcher_command(subparsers: argparse._SubParsersAction[ArgumentParser]) 
         type=flag_type(whole_number(minimum=1, maximum=MAX_STREAM_REPLICAS)),
         default=1,
         metavar="N",
-        help="JetStream replicas of the object stream, at most the servers of the NATS "
-        f"cluster and {MAX_STREAM_REPLICAS} (default 1)",
+        help="JetStream replicas of the object stream and the watcher's KV bucket, at most the "
+        f"servers of the NATS cluster and {MAX_STREAM_REPLICAS} (default 1)",
     )
     parser.add_argument(
         "--health-probe-bind-address",
@@ -181,6 +190,7 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
         url = parse_nats_url(os.environ["NATS_URL"], source=nats_source)
     else:
         url = DEFAULT_NATS_URL
+    nats_tls = read_nats_tls_ca(args.nats_tls_ca)
     resources = parse_resources(args.resources)
     layout = parse_layout(args.bus_prefix, args.partitions)
     health = _bind_address(args.health_probe_bind_address, "--health-probe-bind-address")
@@ -199,6 +209,7 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
         metrics=metrics,
         tombstone_ttl=args.tombstone_ttl,
         stream_replicas=args.stream_replicas,
+        nats_tls=nats_tls,
     )
     outside = Outside(
         kube_config=kube_config,
@@ -207,6 +218,7 @@ def _config(args: argparse.Namespace) -> tuple[WatcherConfig, Outside]:
         nats_source=nats_source,
         within=args.connect_timeout,
         stream_replicas=args.stream_replicas,
+        nats_tls=nats_tls,
     )
     return config, outside
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bus.connection import ServerUrl
+from bus.connection import parse_servers
 from bus.errors import BusError
 from bus.layout import BusLayout
+from bus.streams import MAX_REPLICAS
 from bus.subjects import ResourceType
 from kubus.kube import ApiResource, Discovery
 from kubus.serving import BindAddress
@@ -51,7 +53,7 @@ DEFAULT_RESOURCES: Final = tuple(
     )
 )
 SECRETS: Final = ResourceType("", "v1", "secrets")
-MAX_STREAM_REPLICAS: Final = 5  # JetStream's own limit
+MAX_STREAM_REPLICAS: Final = MAX_REPLICAS  # JetStream's own limit
 MIN_TOMBSTONE_TTL: Final = 1.0  # a NATS message TTL is whole seconds, at least one
 
 
@@ -67,7 +69,7 @@ NOT_IN_ALL: Final = frozenset({("", "events"), ("events.k8s.io", "events")})
 
 @dataclass(frozen=True)
 class WatcherConfig:
-    nats_url: str
+    nats_url: str  # one server or a comma-separated list
     resources: ResourceSelection
     layout: BusLayout
     kubeconfig: Path | None = None
@@ -75,6 +77,8 @@ class WatcherConfig:
     metrics: BindAddress | None = None
     tombstone_ttl: float = 24 * 3600.0
     stream_replicas: int = 1
+    # --nats-tls-ca: what TLS connections to NATS are verified with (None: the system store).
+    nats_tls: ssl.SSLContext | None = None
     max_in_flight: int = 1024
     # Secrets in full; without it they travel as metadata only.
     mirror_secrets: bool = False
@@ -179,9 +183,10 @@ def is_secret(resource: ResourceType) -> bool:
 
 def parse_nats_url(text: str, *, source: str = "--nats-url") -> str:
     """``--nats-url`` (or where its value came from, ``source``), checked before anything
-    connects: one NATS URL the watcher can use. The message never holds its credentials."""
+    connects: one NATS URL the watcher can use, or a comma-separated list of a cluster's. The
+    message never holds their credentials."""
     try:
-        ServerUrl.parse(text)
+        parse_servers(text)
     except BusError as error:
         raise WatcherConfigError(f"{source}: {error}") from None
     return text

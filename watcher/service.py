@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -37,18 +38,22 @@ async def run_watcher(
 ) -> None:
     tracer = setup_tracing("kubus-watcher")
     kube_config = load_kube_config(config.kubeconfig)
-    nc = await _connect(config.nats_url)
+    nc = await _connect(config.nats_url, config.nats_tls)
     try:
         js = nc.jetstream()
         await ensure_object_stream(
             js, config.layout, StreamSettings(replicas=config.stream_replicas)
         )
-        checkpoints = await ensure_bucket(js, config.layout.watcher_bucket)
+        checkpoints = await ensure_bucket(
+            js, config.layout.watcher_bucket, replicas=config.stream_replicas
+        )
         async with KubeClient(kube_config) as kube:
             discovery = await discover_all(kube)
             initial = _initial_resources(config, discovery)
             try:
-                producer = JetStreamProducer(config.nats_url, name="kubus-watcher-publisher")
+                producer = JetStreamProducer(
+                    config.nats_url, name="kubus-watcher-publisher", tls=config.nats_tls
+                )
                 await producer.start()
             except BusError as error:
                 raise WatcherError(str(error)) from error
@@ -130,10 +135,10 @@ def _initial_resources(
     return resolution.watch
 
 
-async def _connect(url: str) -> NatsClient:
+async def _connect(url: str, tls: ssl.SSLContext | None) -> NatsClient:
     # Bounded, one line, no credentials: the URL is shown as ServerUrl prints it.
     try:
-        return await connect_nats(url, name="kubus-watcher", within=CONNECT_TIMEOUT)
+        return await connect_nats(url, name="kubus-watcher", within=CONNECT_TIMEOUT, tls=tls)
     except BusError as failure:
         raise WatcherError(str(failure)) from None
 

@@ -278,6 +278,7 @@ class Manager:
             electing = group.create_task(self._election.run()) if self._election else None
             await stop.wait()
             log.info("stopping: no more pulls, then in-flight reconciles, then partitions")
+            self._ownership.stop_acquiring()
             await asyncio.gather(*(stop_task(*running) for running in self._partitions.values()))
             for queue in self._queues.values():
                 await queue.shut_down_with_drain()
@@ -624,4 +625,6 @@ async def _close(nc: NatsClient) -> None:
     # Not drain(): acknowledgements are sent already, and drain waits up to 30 s.
     with contextlib.suppress(NatsError, TimeoutError, OSError):
         await nc.flush(timeout=2)
-    await nc.close()
+    # Bounded: nats-py's close can wait for ever on a transport that does not close.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(nc.close(), timeout=5)

@@ -85,7 +85,13 @@ class PartitionOwnership:
         self._held: set[int] = set()  # leased and worked on
         self._stopping: set[int] = set()  # work being stopped: not claimed again until it has
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False  # shutting down: renew what is held, take nothing new
         self.live_members: list[str] = []
+
+    def stop_acquiring(self) -> None:
+        """From now on only renew: a process draining for shutdown must not start work on
+        partitions its leaving peers hand back (it would replay them only to hand them on)."""
+        self._closing = True
 
     @property
     def owned(self) -> frozenset[int]:
@@ -136,6 +142,8 @@ class PartitionOwnership:
             self._stopping.add(partition)
             self._spawn(self._hand_back(partition))
         for partition in sorted(wanted - self._held - self._stopping):
+            if self._closing:
+                return
             await self._acquire(partition)
 
     def _fence(self, partition: int) -> None:

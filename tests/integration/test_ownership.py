@@ -83,6 +83,60 @@ def test_a_member_hands_over_partitions_without_fencing_the_ones_it_keeps(
     asyncio.run(scenario())
 
 
+def test_a_member_shutting_down_keeps_its_partitions_but_takes_none_a_leaving_peer_frees(
+    stack_env: dict[str, str],
+) -> None:
+    async def scenario() -> None:
+        connection = await nats.connect(stack_env["NATS_URL"])
+        prefix = "t" + uuid.uuid4().hex[:10]
+        js = connection.jetstream()
+        members = await ensure_bucket(js, f"{prefix}-members", ttl_seconds=TIMING.lease_duration)
+        leases = await ensure_bucket(js, f"{prefix}-leases", ttl_seconds=TIMING.lease_duration)
+        started: dict[str, list[int]] = {"a": [], "b": []}
+
+        def member(name: str) -> PartitionOwnership:
+            async def acquired(partition: int) -> None:
+                started[name].append(partition)
+
+            async def on_lost(_partition: int) -> None:
+                return None
+
+            return PartitionOwnership(
+                member=name,
+                members=members,
+                leases=leases,
+                partitions=PARTITIONS,
+                timing=TIMING,
+                on_acquired=acquired,
+                on_lost=on_lost,
+            )
+
+        first, second = member("a"), member("b")
+        runs = {name: asyncio.create_task(m.run()) for name, m in (("a", first), ("b", second))}
+        try:
+            a_keeps = {p for p in range(PARTITIONS) if rendezvous_owner(p, ["a", "b"]) == "a"}
+            await _until(
+                lambda: first.owned == a_keeps and len(second.owned) == PARTITIONS - len(a_keeps),
+                "the partitions split between a and b",
+            )
+            first.stop_acquiring()  # a is draining for its own shutdown
+            started["a"].clear()
+            runs["b"].cancel()  # b leaves: it hands its partitions back
+            await asyncio.gather(runs["b"], return_exceptions=True)
+            # Several rounds later a still renews what it had and has started nothing new.
+            await asyncio.sleep(TIMING.renew_deadline)
+            assert first.owned == a_keeps
+            assert started["a"] == []
+            assert first.live_members == ["a"]
+        finally:
+            for run in runs.values():
+                run.cancel()
+            await asyncio.gather(*runs.values(), return_exceptions=True)
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
 async def _until(condition: Callable[[], bool], what: str) -> None:
     try:
         async with asyncio.timeout(30):

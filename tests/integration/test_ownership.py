@@ -17,7 +17,7 @@ from nats.js.kv import KeyValue
 
 from bus.streams import ensure_bucket
 from reconcilers.lease import Lease, Renewal
-from reconcilers.ownership import LeaseTiming, PartitionOwnership, rendezvous_owner
+from reconcilers.ownership import Callback, LeaseTiming, PartitionOwnership, rendezvous_owner
 from tests.support.nats_server import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -34,29 +34,15 @@ def test_a_member_hands_over_partitions_without_fencing_the_ones_it_keeps(
 ) -> None:
     async def scenario() -> None:
         connection = await nats.connect(stack_env["NATS_URL"])
-        prefix = "t" + uuid.uuid4().hex[:10]
-        js = connection.jetstream()
-        members = await ensure_bucket(js, f"{prefix}-members", ttl_seconds=TIMING.lease_duration)
-        leases = await ensure_bucket(js, f"{prefix}-leases", ttl_seconds=TIMING.lease_duration)
+        members, leases = await _pool_buckets(connection)
         lost: dict[str, list[int]] = {"a": [], "b": []}
 
         def member(name: str) -> PartitionOwnership:
-            async def acquired(_partition: int) -> None:
-                return None
-
             async def on_lost(partition: int) -> None:
                 await asyncio.sleep(STOP_TAKES)
                 lost[name].append(partition)
 
-            return PartitionOwnership(
-                member=name,
-                members=members,
-                leases=leases,
-                partitions=PARTITIONS,
-                timing=TIMING,
-                on_acquired=acquired,
-                on_lost=on_lost,
-            )
+            return _member(name, members, leases, on_lost=on_lost)
 
         first, second = member("a"), member("b")
         runs = [asyncio.create_task(first.run())]
@@ -88,28 +74,14 @@ def test_a_member_shutting_down_keeps_its_partitions_but_takes_none_a_leaving_pe
 ) -> None:
     async def scenario() -> None:
         connection = await nats.connect(stack_env["NATS_URL"])
-        prefix = "t" + uuid.uuid4().hex[:10]
-        js = connection.jetstream()
-        members = await ensure_bucket(js, f"{prefix}-members", ttl_seconds=TIMING.lease_duration)
-        leases = await ensure_bucket(js, f"{prefix}-leases", ttl_seconds=TIMING.lease_duration)
+        members, leases = await _pool_buckets(connection)
         started: dict[str, list[int]] = {"a": [], "b": []}
 
         def member(name: str) -> PartitionOwnership:
             async def acquired(partition: int) -> None:
                 started[name].append(partition)
 
-            async def on_lost(_partition: int) -> None:
-                return None
-
-            return PartitionOwnership(
-                member=name,
-                members=members,
-                leases=leases,
-                partitions=PARTITIONS,
-                timing=TIMING,
-                on_acquired=acquired,
-                on_lost=on_lost,
-            )
+            return _member(name, members, leases, on_acquired=acquired)
 
         first, second = member("a"), member("b")
         runs = {name: asyncio.create_task(m.run()) for name, m in (("a", first), ("b", second))}
@@ -135,6 +107,38 @@ def test_a_member_shutting_down_keeps_its_partitions_but_takes_none_a_leaving_pe
             await connection.close()
 
     asyncio.run(scenario())
+
+
+async def _pool_buckets(connection: NatsClient) -> tuple[KeyValue, KeyValue]:
+    """A fresh pool's members and leases buckets."""
+    prefix = "t" + uuid.uuid4().hex[:10]
+    js = connection.jetstream()
+    members = await ensure_bucket(js, f"{prefix}-members", ttl_seconds=TIMING.lease_duration)
+    leases = await ensure_bucket(js, f"{prefix}-leases", ttl_seconds=TIMING.lease_duration)
+    return members, leases
+
+
+async def _no_partition_work(_partition: int) -> None:
+    return None
+
+
+def _member(
+    name: str,
+    members: KeyValue,
+    leases: KeyValue,
+    *,
+    on_acquired: Callback = _no_partition_work,
+    on_lost: Callback = _no_partition_work,
+) -> PartitionOwnership:
+    return PartitionOwnership(
+        member=name,
+        members=members,
+        leases=leases,
+        partitions=PARTITIONS,
+        timing=TIMING,
+        on_acquired=on_acquired,
+        on_lost=on_lost,
+    )
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:

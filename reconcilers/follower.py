@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError
 from bus.envelope import Envelope
 from bus.errors import BusError
 from bus.layout import BusLayout
+from bus.pull import ConsumerGone, PullStream
 from bus.reader import ObjectStreamReader
 from bus.subjects import ObjectRef
 
@@ -36,9 +37,9 @@ __all__ = ["ConsumerLost", "FollowedDelivery", "StreamFollower"]
 
 log = logging.getLogger(__name__)
 
-_BATCH: Final = 256
-_FETCH_TIMEOUT: Final = 2.0
-_IDLE_CHECKS: Final = 5  # empty fetches in a row before checking the consumer still exists
+_BATCH: Final = 256  # messages one pull request asks for
+_IDLE_TIMEOUT: Final = 2.0
+_IDLE_CHECKS: Final = 5  # idle waits in a row before checking the consumer still exists
 _INACTIVE_THRESHOLD: Final = 120.0
 
 # (object, its envelope, replayed?) -> None; applies to a cache and makes requests
@@ -123,36 +124,35 @@ class StreamFollower:
             ack_policy=AckPolicy.NONE,
             inactive_threshold=_INACTIVE_THRESHOLD,
             mem_storage=True,
+            filter_subject=subject_filter,
         )
-        subscription = await self._js.pull_subscribe(
-            subject_filter, stream=self._layout.object_stream, config=config
-        )
-        name = (await subscription.consumer_info()).name
+        stream = self._layout.object_stream
+        name = (await self._js.add_consumer(stream, config)).name
+        deliveries = PullStream(self._js, stream=stream, consumer=name, batch=_BATCH)
         try:
-            await self._pull(subscription)
-        except (NatsError, NotFoundError) as error:
+            await deliveries.start()
+            await self._pull(deliveries, name)
+        except (NatsError, NotFoundError, ConsumerGone) as error:
             raise ConsumerLost(
                 f"the consumer of {subject_filter} is lost ({type(error).__name__}: {error})"
             ) from error
         finally:
             with contextlib.suppress(NatsError, NotFoundError, TimeoutError):
-                await subscription.unsubscribe()
-                await self._js.delete_consumer(self._layout.object_stream, name)
+                await deliveries.stop()
+                await self._js.delete_consumer(stream, name)
 
-    async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
+    async def _pull(self, deliveries: PullStream, name: str) -> None:
         idle = 0
         while not self._stopped:
-            try:
-                messages = await subscription.fetch(_BATCH, timeout=_FETCH_TIMEOUT)
-            except TimeoutError:  # nats-py raises both its own and asyncio's
-                messages = []
+            messages = await deliveries.next(_IDLE_TIMEOUT)
             if self._stopped:
                 return
             if not messages:
                 idle += 1
                 if idle >= _IDLE_CHECKS:
                     idle = 0
-                    await subscription.consumer_info()  # NotFoundError if it is gone
+                    # NotFoundError if it is gone
+                    await self._js.consumer_info(self._layout.object_stream, name)
                 continue
             idle = 0
             for message in messages:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import shlex
 import signal
 import sys
@@ -141,6 +142,9 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        # inf would pass "more than 0" and then be a figure results.json cannot hold.
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
     return value

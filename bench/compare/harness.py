@@ -22,7 +22,7 @@ from bench.compare.contenders import KCM, Contender, Limits, Running
 from bench.compare.driver import Cluster, DeploymentDriver, Driver, PhaseRun, PodDriver
 from bench.compare.measure import KubusScrape, ProcessMeter, Usage, latency_quantiles
 from bench.compare.workload import Shape, Workload
-from bench.support import fresh_stack, percentile, scrape_metrics
+from bench.support import fresh_stack, percentile, require_finite, scrape_metrics
 
 __all__ = ["PHASES", "Settings", "run_all"]
 
@@ -127,6 +127,7 @@ async def _run_phases(
             for phase in PHASES:
                 result = await _run_phase(
                     contender,
+                    label=f"{shape.name} {phase}",
                     running=running,
                     driver=driver,
                     phase=phase,
@@ -159,6 +160,7 @@ async def _scrape(running: Running) -> KubusScrape:
 async def _run_phase(
     contender: Contender,
     *,
+    label: str,
     running: Running,
     driver: Driver,
     phase: str,
@@ -192,7 +194,7 @@ async def _run_phase(
         usage["ceiling-client"] = Usage(
             round(run.client_cpu_seconds, 3), usage["ceiling-client"].peak_rss_mb
         )
-    return _phase_record(
+    result = _phase_record(
         contender,
         run=run,
         usage=usage,
@@ -203,6 +205,9 @@ async def _run_phase(
         lag_max=lag["max"],
         running=running,
     )
+    # A NaN or inf fails here, naming the figure, not when results.json is written.
+    require_finite(result, label)
+    return result
 
 
 def _phase_record(
@@ -249,8 +254,9 @@ def _phase_record(
     if before is not None and after is not None:
         p50, p99, count = latency_quantiles(before.latency_buckets(), after.latency_buckets())
         result.update(
-            latency_p50_s=p50,
-            latency_p99_s=p99,
+            # A bucket bound, or {"above": top bound} past the top bucket (see report.py).
+            latency_p50_s=None if p50 is None else p50.to_json(),
+            latency_p99_s=None if p99 is None else p99.to_json(),
             latency_source=f"kubus_reconciler_event_latency_seconds, {count} reconciles "
             "(bucket upper bounds)",
             bus_lag_max=lag_max,

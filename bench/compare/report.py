@@ -1,4 +1,12 @@
-"""results.json, results.md and results.png from the contenders' records."""
+"""results.json, results.md and results.png from the contenders' records.
+
+results.json is strict JSON: never NaN or Infinity (written with ``allow_nan=False``). The
+event->reconcile latencies ``latency_p50_s``/``latency_p99_s`` are seconds: for kubus the
+upper bound of the histogram bucket that holds the quantile (it is at most that); for kcm a
+percentile of object timestamps. A kubus quantile past the histogram's top bucket is the
+object ``{"above": 30.0}`` instead of a number: more than 30 s, by how much the histogram
+cannot tell (``> 30 s`` in results.md). ``null``: not measured.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.compare.contenders import KCM
+from bench.support import BucketBound
 
 __all__ = ["NOTES", "goals", "markdown", "write_reports"]
 
@@ -44,6 +53,7 @@ def write_reports(out: Path, results: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results["goals"] = goals(results["contenders"])
     results["notes"] = list(NOTES)
+    # allow_nan=False: a NaN or inf raises rather than writing what no strict parser reads.
     (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     (out / "results.md").write_text(markdown(results))
     chart(out / "results.png", results)
@@ -67,10 +77,17 @@ def _cell(text: str, limit: int = 160) -> str:
 
 def _latency(phase: dict[str, Any]) -> str:
     p50, p99 = phase.get("latency_p50_s"), phase.get("latency_p99_s")
-    if p50 is None:
+    if p50 is None or p99 is None:
         return "-"
-    bound = "<= " if (phase.get("latency_source") or "").startswith("kubus") else ""
-    return f"{bound}{p50:g} / {bound}{p99:g} s"
+    bounds = (phase.get("latency_source") or "").startswith("kubus")
+    return f"{_quantile(p50, bounds)} / {_quantile(p99, bounds)} s"
+
+
+def _quantile(value: Any, bounds: bool) -> str:
+    """``<= 2.5`` or ``> 30`` for a histogram's bucket bound, the figure itself otherwise."""
+    if bounds or isinstance(value, dict):
+        return str(BucketBound.from_json(value))
+    return f"{value:g}"
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -525,6 +525,30 @@ def require_finite(value: object, what: str) -> None:
     """Raise where a non-finite figure is made, not when the JSON holding it is written."""
     if found := non_finite(value):
         raise ValueError(f"{what}: not a finite figure: {', '.join(found)}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path``'s new content to, renamed over ``path`` once complete.
+
+    An interrupted write (Ctrl-C, a crash, an exception) leaves the old file, or none, and
+    never half a file. One writer per path: the temporary file is ``.<name>.<pid>.tmp``.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (see :func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(text.encode())
 
 
 def entry_points_dir(directory: Path, distribution: str, entries: dict[str, str]) -> Path:

@@ -173,7 +173,8 @@ def main() -> None:
                 "kube_api_qps": args.kube_api_qps,
                 "kube_api_burst": args.kube_api_burst,
                 "results": results,
-            }
+            },
+            allow_nan=False,
         )
     )
 

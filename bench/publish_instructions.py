@@ -83,7 +83,8 @@ def main() -> None:
                 "machine": machine(),
                 "events": [args.short, args.long],
                 "instructions_per_event": round(per_event),
-            }
+            },
+            allow_nan=False,
         )
     )
 

@@ -174,7 +174,7 @@ def main() -> None:
             f"{row['pods_cached']} pods, {row['partitions']} partitions"
         )
     print(f"ready after {ready_after} s from start")
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 from bench.compare.driver import Cluster, DeploymentDriver
 from bench.compare.workload import Shape, Workload
 from bench.support import (
+    BucketBound,
     bucket_quantile,
     dev_stack,
     histogram_buckets,
@@ -71,10 +72,19 @@ def run(deployments: int, replicas: int, pool: int) -> dict[str, Any]:
         "replicas": replicas,
         "seconds_to_available": round(seconds, 1),
         "pods_per_s": round(workload.pods / seconds, 1),
-        "event_to_reconcile_p50_s": bucket_quantile(buckets, 0.50),
-        "event_to_reconcile_p99_s": bucket_quantile(buckets, 0.99),
+        # A bucket bound, {"above": top bound} past the top bucket, or None: no reconcile.
+        "event_to_reconcile_p50_s": _json(bucket_quantile(buckets, 0.50)),
+        "event_to_reconcile_p99_s": _json(bucket_quantile(buckets, 0.99)),
         "peak_rss_mb_per_reconciler": [round(value, 1) for value in rss],
     }
+
+
+def _json(bound: BucketBound | None) -> float | dict[str, float] | None:
+    return None if bound is None else bound.to_json()
+
+
+def _text(value: float | dict[str, float] | None) -> str:
+    return "-" if value is None else str(BucketBound.from_json(value))
 
 
 def main() -> None:
@@ -90,12 +100,17 @@ def main() -> None:
         print(
             f"{pool} reconciler(s): {args.deployments}x{args.replicas} available in "
             f"{result['seconds_to_available']}s ({result['pods_per_s']} pods/s); "
-            f"event->reconcile p50 <= {result['event_to_reconcile_p50_s']}s, "
-            f"p99 <= {result['event_to_reconcile_p99_s']}s; peak RSS "
+            f"event->reconcile p50 {_text(result['event_to_reconcile_p50_s'])} s, "
+            f"p99 {_text(result['event_to_reconcile_p99_s'])} s; peak RSS "
             f"{result['peak_rss_mb_per_reconciler']} MiB",
             flush=True,
         )
-    print(json.dumps({"benchmark": "reconciler_scale", "machine": machine(), "results": results}))
+    print(
+        json.dumps(
+            {"benchmark": "reconciler_scale", "machine": machine(), "results": results},
+            allow_nan=False,
+        )
+    )
 
 
 if __name__ == "__main__":

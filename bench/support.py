@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import socket
@@ -14,7 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -447,22 +448,107 @@ def gauge_sum(text: str, name: str) -> float:
     return total
 
 
-def bucket_quantile(buckets: dict[float, float], fraction: float) -> float:
-    """The upper bound of the bucket holding the ``fraction`` quantile (NaN if empty)."""
-    total = buckets.get(float("inf"), 0.0)
-    if not total:
-        return float("nan")
-    for bound in sorted(buckets):
+@dataclass(frozen=True)
+class BucketBound:
+    """A quantile read off a histogram, whose buckets hold no finer figure than a bound.
+
+    ``above`` False: the quantile is at most ``bound``, the upper bound of the bucket holding
+    it. ``above`` True: it lies past the top finite bucket, in ``+Inf``: more than ``bound``,
+    by how much the histogram cannot tell. ``bound`` is always finite, so no report made from
+    one can hold ``inf``.
+    """
+
+    bound: float
+    above: bool = False
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.bound):
+            raise ValueError(f"a bucket bound must be finite, not {self.bound}")
+
+    def to_json(self) -> float | dict[str, float]:
+        """The bound as a number, or ``{"above": bound}`` past the top bucket."""
+        return {"above": self.bound} if self.above else self.bound
+
+    @classmethod
+    def from_json(cls, value: object) -> BucketBound:
+        """The inverse of :meth:`to_json`."""
+        if isinstance(value, dict) and set(value) == {"above"}:
+            return cls(float(value["above"]), above=True)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return cls(float(value))
+        raise ValueError(f"not a bucket bound: {value!r}")
+
+    def __str__(self) -> str:
+        return f"> {self.bound:g}" if self.above else f"<= {self.bound:g}"
+
+
+def bucket_quantile(buckets: dict[float, float], fraction: float) -> BucketBound | None:
+    """Where the ``fraction`` quantile of cumulative ``buckets`` lies (None: no observations).
+
+    Past the top finite bucket it is ``above`` that bucket's bound, never ``inf``.
+    """
+    total = buckets.get(math.inf, 0.0)
+    if not total > 0:
+        return None
+    finite = sorted(bound for bound in buckets if math.isfinite(bound))
+    for bound in finite:
         if buckets[bound] >= fraction * total:
-            return bound
-    return float("inf")
+            return BucketBound(bound)
+    # Only +Inf holds it; with no finite bucket at all, all that is known is "more than 0".
+    return BucketBound(finite[-1] if finite else 0.0, above=True)
 
 
-def percentile(values: list[float], fraction: float) -> float:
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The ``fraction`` percentile of ``values`` (nearest rank; None: no values)."""
     ordered = sorted(values)
     if not ordered:
-        return float("nan")
+        return None
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def non_finite(value: object, where: str = "") -> list[str]:
+    """The paths (``a.b[2]``) of every NaN or infinite float in a JSON-shaped ``value``."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{where or 'value'} = {value}"]
+    if isinstance(value, dict):
+        return [
+            path
+            for key, item in value.items()
+            for path in non_finite(item, f"{where}.{key}" if where else str(key))
+        ]
+    if isinstance(value, list | tuple):
+        return [path for i, item in enumerate(value) for path in non_finite(item, f"{where}[{i}]")]
+    return []
+
+
+def require_finite(value: object, what: str) -> None:
+    """Raise where a non-finite figure is made, not when the JSON holding it is written."""
+    if found := non_finite(value):
+        raise ValueError(f"{what}: not a finite figure: {', '.join(found)}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path``'s new content to, renamed over ``path`` once complete.
+
+    An interrupted write (Ctrl-C, a crash, an exception) leaves the old file, or none, and
+    never half a file. One writer per path: the temporary file is ``.<name>.<pid>.tmp``.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (see :func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(text.encode())
 
 
 def entry_points_dir(directory: Path, distribution: str, entries: dict[str, str]) -> Path:

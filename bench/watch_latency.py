@@ -30,7 +30,9 @@ from kubus.kube import load_kube_config
 OBJECTS = 1000
 
 
-async def measure(env: dict[str, str], prefix: str, rate: int, seconds: float) -> dict[str, float]:
+async def measure(
+    env: dict[str, str], prefix: str, rate: int, seconds: float
+) -> dict[str, float | None]:
     config = load_kube_config(Path(env["KUBECONFIG"]))
     layout = BusLayout(prefix=prefix)
     connection = await nats.connect(env["NATS_URL"])
@@ -67,7 +69,7 @@ async def measure(env: dict[str, str], prefix: str, rate: int, seconds: float) -
             name = f"lat-{index}"
             async with http.patch(
                 f"/api/v1/namespaces/bench/configmaps/{name}",
-                data=json.dumps({"data": {"n": str(value)}}),
+                data=json.dumps({"data": {"n": str(value)}}, allow_nan=False),
             ) as response:
                 body = await response.json()
                 written[(name, body["metadata"]["resourceVersion"])] = time.monotonic()
@@ -94,10 +96,15 @@ async def measure(env: dict[str, str], prefix: str, rate: int, seconds: float) -
         "achieved_rate": round(achieved, 1),
         "changes": len(written),
         "on_bus": len(latencies),
-        "p50_ms": round(percentile(latencies, 0.50), 2),
-        "p99_ms": round(percentile(latencies, 0.99), 2),
-        "max_ms": round(max(latencies, default=float("nan")), 2),
+        # None (null in the JSON): no change was seen on the bus at all.
+        "p50_ms": _ms(percentile(latencies, 0.50)),
+        "p99_ms": _ms(percentile(latencies, 0.99)),
+        "max_ms": _ms(max(latencies, default=None)),
     }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def create_objects(env: dict[str, str]) -> None:
@@ -130,7 +137,12 @@ def main() -> None:
                     f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
                     f"{result['on_bus']}/{result['changes']} seen on the bus"
                 )
-    print(json.dumps({"benchmark": "watch_latency", "machine": machine(), "results": results}))
+    print(
+        json.dumps(
+            {"benchmark": "watch_latency", "machine": machine(), "results": results},
+            allow_nan=False,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def main() -> None:
         f"  kubus watcher publish path       : {kubus_rate.per_second:>9,.0f} events/s "
         f"{kubus_rate.cpu_us_per_event:5.1f} us CPU each ({share:.0%} of plain)"
     )
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))
 
 
 if __name__ == "__main__":

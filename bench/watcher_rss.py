@@ -98,7 +98,7 @@ def main() -> None:
         f"watcher peak RSS: {idle:.0f} MiB idle, {loaded:.0f} MiB with {args.pods} pods "
         f"(created in {seconds:.0f}s)"
     )
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from kubus.cliutil import ArgumentParser, fail
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports (the dev stack, the apiserver client, matplotlib) only once it runs.
     from bench.compare.contenders import Limits, contender_named
     from bench.compare.harness import Settings, run_all
-    from bench.compare.report import write_reports
+    from bench.compare.report import Reports
     from bench.compare.workload import Workload
     from bench.support import machine
 
@@ -85,36 +86,54 @@ def run(args: argparse.Namespace) -> int:
         contenders=tuple(contender_named(name) for name in args.contenders),
         log_dir=args.out / "logs",
     )
-    started = time.monotonic()
-    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         fail("kubus bench", f"cannot use --out {args.out}: {error.strerror or error}")
-    records = run_all(settings, _progress)
-    results = {
-        "benchmark": "kubus bench",
-        "command": shlex.join(["kubus", "bench", *sys.argv[2:]])
-        if sys.argv[1:2] == ["bench"]
-        else "kubus bench",
-        "machine": machine(),
-        "started_at": started_at,
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "settings": {
-            "deployments": workload.deployments,
-            "replicas": workload.replicas,
-            "pods": workload.pods,
-            "spread_namespaces": settings.spread_namespaces,
-            "kwok_nodes": workload.nodes(),
-            "kube_api_qps": args.kube_api_qps,
-            "kube_api_burst": args.kube_api_burst,
-            "deadline_seconds": settings.deadline,
+    reports = Reports(
+        args.out,
+        {
+            "benchmark": "kubus bench",
+            "command": shlex.join(["kubus", "bench", *sys.argv[2:]])
+            if sys.argv[1:2] == ["bench"]
+            else "kubus bench",
+            "machine": machine(),
+            "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "settings": {
+                "deployments": workload.deployments,
+                "replicas": workload.replicas,
+                "pods": workload.pods,
+                "spread_namespaces": settings.spread_namespaces,
+                "kwok_nodes": workload.nodes(),
+                "kube_api_qps": args.kube_api_qps,
+                "kube_api_burst": args.kube_api_burst,
+                "deadline_seconds": settings.deadline,
+            },
         },
-        "contenders": records,
-    }
-    write_reports(args.out, results)
-    _progress(f"wrote {args.out / 'results.json'}, results.md and results.png")
-    return 0 if all(record["ok"] for record in records) else 1
+        [contender.name for contender in settings.contenders],
+    )
+    written = f"{args.out / 'results.json'}, results.md and results.png"
+
+    def ended(records: list[dict[str, Any]]) -> None:
+        reports.write(records)
+        _progress(f"{records[-1]['name']}: ended; the results so far are in {written}")
+
+    # Written before the first contender too: a figure that cannot be written, or an --out
+    # that cannot take the files, fails now rather than after the first contender's run.
+    reports.write([])
+    records = run_all(settings, _progress, ended)
+    _progress(f"wrote {written}")
+    failed = [record for record in records if not record["ok"]]
+    if failed:
+        fail(
+            "kubus bench",
+            f"{len(failed)} of {len(records)} contenders failed: "
+            + "; ".join(
+                f"{record['name']} ({record['error'] or 'not every phase ran'})"
+                for record in failed
+            ),
+        )
+    return 0
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -141,6 +160,9 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        # inf would pass "more than 0" and then be a figure results.json cannot hold.
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
     return value

@@ -3,8 +3,10 @@
 Per contender: a fresh infrastructure-only dev stack sized for the pods, the namespaces of
 both shapes, the contender's processes (ready before any clock starts), then the spread shape's
 create, update and delete and the one-namespace shape's. A contender that fails (a phase
-misses the contender's deadline, a process exits, a start fails) is recorded with what was
-stuck, its stack is torn down, and the next contender runs.
+misses the contender's deadline, a process exits, a start fails) is recorded failed with its
+reason in one line and what was stuck, its stack is torn down, and the next contender runs.
+The records so far go to the report as each contender ends, so a later failure or a Ctrl-C
+keeps every figure measured before it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +25,9 @@ from bench.compare.contenders import KCM, Contender, Limits, Running
 from bench.compare.driver import Cluster, DeploymentDriver, Driver, PhaseRun, PodDriver
 from bench.compare.measure import KubusScrape, ProcessMeter, Usage, latency_quantiles
 from bench.compare.workload import Shape, Workload
-from bench.support import fresh_stack, percentile, scrape_metrics
+from bench.support import fresh_stack, percentile, require_finite, scrape_metrics
 
-__all__ = ["PHASES", "Settings", "run_all"]
+__all__ = ["PHASES", "RunContender", "Settings", "phase_record", "run_all"]
 
 PHASES = ("create", "update", "delete")
 SHAPE_KEYS = {"spread": "phases", "one-namespace": "phases_one_namespace"}
@@ -46,58 +49,105 @@ class Settings:
         return (Shape.spread(self.spread_namespaces), Shape.one_namespace())
 
 
-def run_all(settings: Settings, progress: Progress) -> list[dict[str, Any]]:
-    """One record per contender, in the order given; ratios to kcm filled in at the end."""
-    records = [_run_contender(contender, settings, progress) for contender in settings.contenders]
-    _add_ratios(records)
+# Fills one contender's record (phases, processes), raising if it fails.
+RunContender = Callable[[Contender, Settings, dict[str, Any], Progress], None]
+
+
+def run_all(
+    settings: Settings,
+    progress: Progress,
+    ended: Callable[[list[dict[str, Any]]], None],
+    *,
+    run_contender: RunContender | None = None,
+) -> list[dict[str, Any]]:
+    """One record per contender, in the order given, with ratios to kcm's figures.
+
+    ``ended`` gets the records so far as soon as each contender ends, failed or interrupted
+    too (its record says why), so that what was measured is on disk before anything later
+    can fail. A contender that raises is recorded failed, with the error in one line and the
+    traceback in its log dir, and the next one runs. ``run_contender`` fills one record (the
+    default: on a fresh dev stack).
+    """
+    run_one = run_contender or _run_contender
+    records: list[dict[str, Any]] = []
+    for contender in settings.contenders:
+        record = _new_record(contender)
+        records.append(record)
+        log_dir = settings.log_dir / contender.name
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            run_one(contender, settings, record, progress)
+        except KeyboardInterrupt as interrupt:
+            record["error"] = f"interrupted ({interrupt or 'SIGINT'})"
+            raise
+        except Exception as error:  # one contender's failure must not stop the others
+            record["error"] = _one_line(error)
+            trace = log_dir / "harness-error.log"
+            with contextlib.suppress(OSError):
+                trace.write_text(traceback.format_exc())
+            progress(f"{contender.name}: failed: {record['error']} (traceback: {trace})")
+        finally:
+            _judge(record)
+            _add_ratios(records)
+            ended(records)
     return records
 
 
-def _run_contender(contender: Contender, settings: Settings, progress: Progress) -> dict[str, Any]:
-    record: dict[str, Any] = {
+def _new_record(contender: Contender) -> dict[str, Any]:
+    return {
         "name": contender.name,
         "ok": False,
+        # Why it failed, in one line (None: it did not).
         "error": None,
         "stuck": [],
         "processes": [],
         "phases": {},
         "phases_one_namespace": {},
     }
-    nodes = settings.workload.nodes()
-    log_dir = settings.log_dir / contender.name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    progress(f"{contender.name}: fresh stack with {nodes} kwok nodes")
-    try:
-        with fresh_stack(nodes) as stack:
-            kubeconfig = Path(stack.env["KUBECONFIG"])
-            asyncio.run(_create_namespaces(kubeconfig, settings))
-            infra = {
-                r.name: r.pid for r in stack.records if r.name in ("kube-apiserver", "nats-server")
-            }
-            with contender.start(stack.env, settings.limits, log_dir=log_dir) as running:
-                record["processes"] = [service.name for service in running.processes]
-                progress(
-                    f"{contender.name}: ready ({', '.join(record['processes']) or 'no controller'})"
-                )
-                asyncio.run(
-                    _run_phases(
-                        contender,
-                        running=running,
-                        kubeconfig=kubeconfig,
-                        infra=infra,
-                        settings=settings,
-                        record=record,
-                        progress=progress,
-                    )
-                )
-    except Exception as error:  # one contender's failure must not stop the others
-        record["error"] = f"{type(error).__name__}: {error}"
-        progress(f"{contender.name}: failed: {record['error']}")
+
+
+def _judge(record: dict[str, Any]) -> None:
     phases = [p for key in SHAPE_KEYS.values() for p in record[key].values()]
     record["ok"] = (
         record["error"] is None and len(phases) == 2 * len(PHASES) and all(p["ok"] for p in phases)
     )
-    return record
+
+
+def _one_line(error: BaseException) -> str:
+    """``error`` as one line: its type and its message, whitespace folded."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _run_contender(
+    contender: Contender, settings: Settings, record: dict[str, Any], progress: Progress
+) -> None:
+    """Fill ``record`` on a fresh stack of the contender's own; raise if anything fails."""
+    nodes = settings.workload.nodes()
+    progress(f"{contender.name}: fresh stack with {nodes} kwok nodes")
+    with fresh_stack(nodes) as stack:
+        kubeconfig = Path(stack.env["KUBECONFIG"])
+        asyncio.run(_create_namespaces(kubeconfig, settings))
+        infra = {
+            r.name: r.pid for r in stack.records if r.name in ("kube-apiserver", "nats-server")
+        }
+        log_dir = settings.log_dir / contender.name
+        with contender.start(stack.env, settings.limits, log_dir=log_dir) as running:
+            record["processes"] = [service.name for service in running.processes]
+            progress(
+                f"{contender.name}: ready ({', '.join(record['processes']) or 'no controller'})"
+            )
+            asyncio.run(
+                _run_phases(
+                    contender,
+                    running=running,
+                    kubeconfig=kubeconfig,
+                    infra=infra,
+                    settings=settings,
+                    record=record,
+                    progress=progress,
+                )
+            )
 
 
 async def _create_namespaces(kubeconfig: Path, settings: Settings) -> None:
@@ -127,6 +177,7 @@ async def _run_phases(
             for phase in PHASES:
                 result = await _run_phase(
                     contender,
+                    label=f"{shape.name} {phase}",
                     running=running,
                     driver=driver,
                     phase=phase,
@@ -139,6 +190,10 @@ async def _run_phases(
                 label = f"{contender.name} {shape.name} {phase}"
                 if not result["ok"]:
                     record["stuck"].extend(result["stuck"])
+                    record["error"] = (
+                        f"{shape.name} {phase} missed the deadline ({settings.deadline:g} s "
+                        f"for all phases); stuck: {(result['stuck'] or ['-'])[0]}"
+                    )
                     progress(
                         f"{label}: FAILED after {result['seconds']:.1f}s, "
                         f"{len(result['stuck'])} stuck, e.g. {result['stuck'][:1]}"
@@ -159,6 +214,7 @@ async def _scrape(running: Running) -> KubusScrape:
 async def _run_phase(
     contender: Contender,
     *,
+    label: str,
     running: Running,
     driver: Driver,
     phase: str,
@@ -192,7 +248,7 @@ async def _run_phase(
         usage["ceiling-client"] = Usage(
             round(run.client_cpu_seconds, 3), usage["ceiling-client"].peak_rss_mb
         )
-    return _phase_record(
+    result = phase_record(
         contender,
         run=run,
         usage=usage,
@@ -201,11 +257,13 @@ async def _run_phase(
         before=before,
         after=after,
         lag_max=lag["max"],
-        running=running,
     )
+    # A NaN or inf fails here, naming the figure, not when results.json is written.
+    require_finite(result, label)
+    return result
 
 
-def _phase_record(
+def phase_record(
     contender: Contender,
     *,
     run: PhaseRun,
@@ -215,7 +273,6 @@ def _phase_record(
     before: KubusScrape | None,
     after: KubusScrape | None,
     lag_max: float,
-    running: Running,
 ) -> dict[str, Any]:
     pods = workload.pods
     cpu = sum(u.cpu_seconds for u in usage.values())
@@ -249,8 +306,9 @@ def _phase_record(
     if before is not None and after is not None:
         p50, p99, count = latency_quantiles(before.latency_buckets(), after.latency_buckets())
         result.update(
-            latency_p50_s=p50,
-            latency_p99_s=p99,
+            # A bucket bound, or {"above": top bound} past the top bucket (see report.py).
+            latency_p50_s=None if p50 is None else p50.to_json(),
+            latency_p99_s=None if p99 is None else p99.to_json(),
             latency_source=f"kubus_reconciler_event_latency_seconds, {count} reconciles "
             "(bucket upper bounds)",
             bus_lag_max=lag_max,

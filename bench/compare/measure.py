@@ -9,11 +9,18 @@ started.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.support import bucket_quantile, gauge_sum, histogram_buckets, peak_rss_mb
+from bench.support import (
+    BucketBound,
+    bucket_quantile,
+    gauge_sum,
+    histogram_buckets,
+    peak_rss_mb,
+)
 
 __all__ = ["KubusScrape", "ProcessMeter", "Usage", "latency_quantiles"]
 
@@ -87,10 +94,13 @@ class KubusScrape:
 
 def latency_quantiles(
     before: dict[float, float], after: dict[float, float]
-) -> tuple[float | None, float | None, int]:
-    """p50, p99 (bucket upper bounds) and count of the observations between two scrapes."""
+) -> tuple[BucketBound | None, BucketBound | None, int]:
+    """p50, p99 and count of the observations between two scrapes (None, None, 0: none).
+
+    A quantile past the histogram's top bucket is ``above`` that bound (``> 30 s``), not inf.
+    """
     delta = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
-    count = int(delta.get(float("inf"), 0.0))
-    if not count:
+    count = int(delta.get(math.inf, 0.0))
+    if count <= 0:
         return None, None, 0
     return bucket_quantile(delta, 0.50), bucket_quantile(delta, 0.99), count

@@ -1,16 +1,31 @@
-"""results.json, results.md and results.png from the contenders' records."""
+"""results.json, results.md and results.png from the contenders' records.
+
+:class:`Reports` rewrites all three as each contender ends, each atomically (a temporary
+file renamed over the old one), so a run that fails or is stopped later keeps the figures of
+every contender that ended; ``pending`` in results.json (and a line in results.md) names the
+contenders that had not ended when it was written: empty once the run is complete.
+
+results.json is strict JSON: never NaN or Infinity (written with ``allow_nan=False``). The
+event->reconcile latencies ``latency_p50_s``/``latency_p99_s`` are seconds: for kubus the
+upper bound of the histogram bucket that holds the quantile (it is at most that); for kcm a
+percentile of object timestamps. A kubus quantile past the histogram's top bucket is the
+object ``{"above": 30.0}`` instead of a number: more than 30 s, by how much the histogram
+cannot tell (``> 30 s`` in results.md). ``null``: not measured.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 from bench.compare.contenders import KCM
+from bench.support import BucketBound, atomic_file, write_atomically
 
-__all__ = ["NOTES", "goals", "markdown", "write_reports"]
+__all__ = ["NOTES", "Reports", "goals", "markdown", "write_reports"]
 
 SHAPES = (("phases", "spread"), ("phases_one_namespace", "one-namespace"))
 PHASES = ("create", "update", "delete")
@@ -40,12 +55,38 @@ NOTES = (
 )
 
 
+class Reports:
+    """One run's results in ``out``, rewritten whole as each contender ends."""
+
+    def __init__(self, out: Path, header: dict[str, Any], contenders: list[str]) -> None:
+        # header: what the run is (command, machine, settings, ...), the same in every write.
+        self._out = out
+        self._header = header
+        self._contenders = contenders
+        self._started = time.monotonic()
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """results.json, results.md and results.png for ``records``, the contenders so far."""
+        ended = {record["name"] for record in records}
+        write_reports(
+            self._out,
+            {
+                **self._header,
+                "wall_seconds": round(time.monotonic() - self._started, 1),
+                "contenders": records,
+                "pending": [name for name in self._contenders if name not in ended],
+            },
+        )
+
+
 def write_reports(out: Path, results: dict[str, Any]) -> None:
+    """The three files, each atomically; a non-finite figure raises before any is written."""
     out.mkdir(parents=True, exist_ok=True)
     results["goals"] = goals(results["contenders"])
     results["notes"] = list(NOTES)
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    (out / "results.md").write_text(markdown(results))
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"  # raises on NaN, inf
+    write_atomically(out / "results.json", text)
+    write_atomically(out / "results.md", markdown(results))
     chart(out / "results.png", results)
 
 
@@ -67,10 +108,17 @@ def _cell(text: str, limit: int = 160) -> str:
 
 def _latency(phase: dict[str, Any]) -> str:
     p50, p99 = phase.get("latency_p50_s"), phase.get("latency_p99_s")
-    if p50 is None:
+    if p50 is None or p99 is None:
         return "-"
-    bound = "<= " if (phase.get("latency_source") or "").startswith("kubus") else ""
-    return f"{bound}{p50:g} / {bound}{p99:g} s"
+    bounds = (phase.get("latency_source") or "").startswith("kubus")
+    return f"{_quantile(p50, bounds)} / {_quantile(p99, bounds)} s"
+
+
+def _quantile(value: Any, bounds: bool) -> str:
+    """``<= 2.5`` or ``> 30`` for a histogram's bucket bound, the figure itself otherwise."""
+    if bounds or isinstance(value, dict):
+        return str(BucketBound.from_json(value))
+    return f"{value:g}"
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -84,6 +132,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"--kube-api-burst={settings['kube_api_burst']}.",
         "",
     ]
+    if results.get("pending"):
+        lines += [
+            "**Partial results**: not ended when this was written: "
+            f"{', '.join(results['pending'])} (the run was going on, or was stopped first).",
+            "",
+        ]
     for key, shape in SHAPES:
         where = (
             f"spread over {settings['spread_namespaces']} namespaces"
@@ -268,6 +322,9 @@ def chart(path: Path, results: dict[str, Any]) -> None:
         f"--kube-api-qps={settings['kube_api_qps']:g} (0 = failed or not run)",
         fontsize=11,
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        figure.tight_layout()
+        with atomic_file(path) as handle:
+            figure.savefig(handle, dpi=100, format="png")
+    finally:
+        plt.close(figure)

@@ -7,7 +7,9 @@ cache, the bus subjects and a controller's ``reads`` declaration key on.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+
+import msgspec
 
 from bus.subjects import ResourceType
 
@@ -22,9 +24,21 @@ __all__ = [
     "SECRETS",
     "SERVICEACCOUNTS",
     "Object",
+    "clone",
 ]
 
 Object = dict[str, Any]
+
+_Json = TypeVar("_Json")
+_encoder = msgspec.json.Encoder()
+
+
+def clone(value: _Json) -> _Json:
+    """A deep copy of JSON data (an object, or any part of one). Decoding its encoding is six
+    times faster than ``copy.deepcopy`` on a pod, which every sync makes a few of."""
+    copied: _Json = msgspec.json.decode(_encoder.encode(value))
+    return copied
+
 
 PODS: Final = ResourceType("", "v1", "pods")
 REPLICASETS: Final = ResourceType("apps", "v1", "replicasets")

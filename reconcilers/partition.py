@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 _BATCH: Final = 256  # messages one pull request asks for
 _IDLE_TIMEOUT: Final = 2.0  # seconds without a delivery before the consumer is looked at
-_LAG_EVERY: Final = 2560  # messages between two lag readings while busy
-_SETTLED_LAG_EVERY: Final = 30.0  # seconds between two lag readings while idle and caught up
+_LAG_EVERY: Final = 5.0  # seconds between two lag readings while messages come
+_SETTLED_LAG_EVERY: Final = 30.0  # seconds between two lag readings while caught up
 _ACK_WAIT: Final = 300.0
 _MAX_ACK_PENDING: Final = 2000
 MAX_DELIVERIES: Final = 5  # a message that fails this often goes to the dead-letter stream
@@ -163,8 +163,7 @@ class PartitionRunner:
             await deliveries.stop()
 
     async def _pull(self, deliveries: PullStream) -> None:
-        handled = 0
-        settled = False  # the lag last read was 0, with nothing delivered since
+        changed = False  # something was delivered since the lag was read, or it was not 0
         last_read = time.monotonic()
         while not self._stopped:
             messages = await deliveries.next(_IDLE_TIMEOUT)
@@ -173,21 +172,17 @@ class PartitionRunner:
             for message in messages:
                 if not await self._handle(message):  # nothing to reconcile: acked at once
                     await message.ack()
-            handled += len(messages)
-            if messages:
-                settled = False
-                if handled < _LAG_EVERY:
-                    continue
-            elif settled and time.monotonic() - last_read < _SETTLED_LAG_EVERY:
-                continue  # idle and caught up: a deleted consumer shows in the pull stream
-            # Every so many messages while busy, and when traffic stops until the lag is 0:
-            # the lag metric (NotFoundError, a consumer gone, ends the run to be restarted).
-            handled = 0
+            changed = changed or bool(messages)
+            if time.monotonic() - last_read < (_LAG_EVERY if changed else _SETTLED_LAG_EVERY):
+                continue
+            # The lag metric, read at a bounded rate: each read is a JetStream API call (and
+            # an advisory) for every owned partition. NotFoundError, the consumer gone, ends
+            # the run to be restarted; the pull stream notices that on its own too.
             last_read = time.monotonic()
             info = await self._js.consumer_info(self._layout.object_stream, self._durable)
             lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
             metrics.CONSUMER_LAG.labels(str(self.partition)).set(lag)
-            settled = not messages and lag == 0
+            changed = lag != 0
 
     async def _handle(self, message: Msg) -> bool:
         """Deliver one message; False when it can be acknowledged at once."""

@@ -17,7 +17,6 @@ Keeps ``spec.replicas`` pods matching the selector and owned by the ReplicaSet:
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -36,7 +35,7 @@ from reconcilers.controllers.podutil import (
     next_availability_check,
 )
 from reconcilers.expectations import Expectations
-from reconcilers.kinds import EVENTS, PODS, REPLICASETS, Object
+from reconcilers.kinds import EVENTS, PODS, REPLICASETS, Object, clone
 from reconcilers.refmanager import (
     ControllerRefManager,
     controller_ref,
@@ -273,12 +272,12 @@ class ReplicaSetController(ControllerBase):
         }
         for field in ("annotations", "finalizers"):
             if template_meta.get(field):
-                metadata[field] = copy.deepcopy(template_meta[field])
+                metadata[field] = clone(template_meta[field])
         body = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": metadata,
-            "spec": copy.deepcopy(template.get("spec", {})),
+            "spec": clone(template.get("spec", {})),
         }
         namespace = rs["metadata"]["namespace"]
         try:
@@ -357,7 +356,7 @@ def _calculate_status(
     manage_error: Exception | None,
     now: datetime.datetime,
 ) -> Object:
-    status = copy.deepcopy(rs.get("status") or {})
+    status = clone(rs.get("status") or {})
     spec = rs.get("spec", {})
     template_labels = (spec.get("template", {}).get("metadata") or {}).get("labels") or {}
     min_ready = int(spec.get("minReadySeconds") or 0)

@@ -12,7 +12,6 @@ A request names a namespace (``Request(None, <namespace>)``), in the namespace's
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
@@ -20,7 +19,7 @@ from bus.subjects import ResourceType
 from kubus.kube import KubeApiError, NotFoundError
 from reconcilers.controller import Context, ControllerBase, Flag, Permission, Request, Result, Scope
 from reconcilers.controllers.serviceaccount.options import ROOT_CA_FILE, root_ca
-from reconcilers.kinds import CONFIGMAPS, NAMESPACES, Object
+from reconcilers.kinds import CONFIGMAPS, NAMESPACES, Object, clone
 from reconcilers.worker import namespace_terminating
 
 __all__ = ["CONFIGMAP_NAME", "DESCRIPTION", "RootCACertPublisher"]
@@ -94,7 +93,7 @@ class RootCACertPublisher(ControllerBase):
         annotations = current["metadata"].get("annotations") or {}
         if current.get("data") == self._data and annotations.get(DESCRIPTION_ANNOTATION):
             return Result()
-        updated: dict[str, Any] = copy.deepcopy(current)
+        updated: dict[str, Any] = clone(current)
         updated["data"] = dict(self._data)
         updated["metadata"].setdefault("annotations", {})[DESCRIPTION_ANNOTATION] = DESCRIPTION
         await self._ctx.kube.replace(api, request.name, CONFIGMAP_NAME, updated)

@@ -8,7 +8,6 @@ ReplicaSets, then takes upstream's branches in upstream's order.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
@@ -25,7 +24,7 @@ from reconcilers.controller import (
     Scope,
 )
 from reconcilers.controllers.deployment import recreate, rollback, rolling, sync, util
-from reconcilers.kinds import DEPLOYMENTS, EVENTS, PODS, REPLICASETS, Object
+from reconcilers.kinds import DEPLOYMENTS, EVENTS, PODS, REPLICASETS, Object, clone
 from reconcilers.refmanager import ControllerRefManager, resolve_controller_ref, selecting_owners
 from reconcilers.selectors import InvalidSelectorError, Selector
 
@@ -98,7 +97,7 @@ class DeploymentController(ControllerBase):
         cached = ctx.cache.get(DEPLOYMENTS, request.namespace, request.name)
         if cached is None:
             return Result()
-        d = copy.deepcopy(cached)
+        d = clone(cached)
         spec = d.get("spec", {})
         selector_spec = spec.get("selector")
         if selector_spec == {}:

@@ -9,13 +9,12 @@ moment its deadline would pass.
 
 from __future__ import annotations
 
-import copy
 import datetime
 
 from reconcilers.controller import Context, Result
 from reconcilers.controllers.deployment import sync, util
 from reconcilers.controllers.podutil import parse_time
-from reconcilers.kinds import Object
+from reconcilers.kinds import Object, clone
 
 __all__ = ["replica_failures", "requeue_stuck_deployment", "sync_rollout_status"]
 
@@ -24,7 +23,7 @@ async def sync_rollout_status(
     ctx: Context, all_rss: list[Object], new_rs: Object | None, d: Object
 ) -> Result:
     status = sync.calculate_status(all_rss, new_rs, d)
-    current = copy.deepcopy(d)
+    current = clone(d)
     current["status"] = status
     if not util.has_progress_deadline(d):
         util.remove_condition(current, "Progressing")

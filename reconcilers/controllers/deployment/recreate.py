@@ -7,18 +7,16 @@ ReplicaSet, so old and new pods never run together.
 
 from __future__ import annotations
 
-import copy
-
 from reconcilers.controller import Context, Result
 from reconcilers.controllers.deployment import progress, sync, util
 from reconcilers.controllers.deployment.util import replicas, status_sum
-from reconcilers.kinds import PODS, Object
+from reconcilers.kinds import PODS, Object, clone
 
 __all__ = ["old_pods_running", "rollout_recreate"]
 
 
 async def rollout_recreate(ctx: Context, d: Object, rs_list: list[Object]) -> Result:
-    status_before = copy.deepcopy(d.get("status") or {})
+    status_before = clone(d.get("status") or {})
     new_rs, old = await sync.new_and_old(ctx, d, rs_list, create=False)
     all_rss = [*old, *([new_rs] if new_rs else [])]
     scaled = False

@@ -7,19 +7,17 @@ the rollout is complete, prune the history. Any step ends with the status writte
 
 from __future__ import annotations
 
-import copy
-
 from kubus.kube import KubeApiError
 from reconcilers.controller import Context, Result
 from reconcilers.controllers.deployment import progress, sync, util
 from reconcilers.controllers.deployment.util import max_unavailable, replicas, status_sum
-from reconcilers.kinds import Object
+from reconcilers.kinds import Object, clone
 
 __all__ = ["reconcile_new_replicaset", "reconcile_old_replicasets", "rollout_rolling"]
 
 
 async def rollout_rolling(ctx: Context, d: Object, rs_list: list[Object]) -> Result:
-    status_before = copy.deepcopy(d.get("status") or {})
+    status_before = clone(d.get("status") or {})
     new_rs, old = await sync.new_and_old(ctx, d, rs_list, create=True)
     assert new_rs is not None
     all_rss = [*old, new_rs]

@@ -10,7 +10,6 @@ stop here (:func:`sync`); rollouts go on in ``rolling`` and ``recreate``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from typing import Final
 
@@ -29,7 +28,7 @@ from reconcilers.controllers.deployment.util import (
     replicas,
     status_sum,
 )
-from reconcilers.kinds import DEPLOYMENTS, REPLICASETS, Object
+from reconcilers.kinds import DEPLOYMENTS, REPLICASETS, Object, clone
 from reconcilers.refmanager import controller_ref
 
 __all__ = [
@@ -113,7 +112,7 @@ async def get_new_replicaset(
     existing = util.find_new_replicaset(d, rs_list)
     new_revision = str(util.max_revision(old) + 1)
     if existing is not None:
-        rs = copy.deepcopy(existing)
+        rs = clone(existing)
         updated = util.set_new_replicaset_annotations(d, rs, new_revision, exists=True)
         min_ready = d["spec"].get("minReadySeconds", 0)
         if updated or rs["spec"].get("minReadySeconds", 0) != min_ready:
@@ -136,11 +135,11 @@ async def get_new_replicaset(
         return rs
     if not create:
         return None
-    template = copy.deepcopy(d["spec"]["template"])
+    template = clone(d["spec"]["template"])
     collision = (d.get("status") or {}).get("collisionCount")
     pod_hash = util.compute_hash(template, collision)
     template.setdefault("metadata", {}).setdefault("labels", {})[POD_TEMPLATE_HASH] = pod_hash
-    selector = copy.deepcopy(d["spec"]["selector"])
+    selector = clone(d["spec"]["selector"])
     selector.setdefault("matchLabels", {})[POD_TEMPLATE_HASH] = pod_hash
     name = util.replicaset_name(d["metadata"]["name"], pod_hash)
     new_rs: Object = {
@@ -265,7 +264,7 @@ async def scale_replicaset(ctx: Context, rs: Object, count: int, d: Object) -> t
         and annotations.get(MAX_REPLICAS) == maximum
     ):
         return False, rs
-    updated = copy.deepcopy(rs)
+    updated = clone(rs)
     updated["spec"]["replicas"] = count
     updated["metadata"].setdefault("annotations", {}).update(
         {DESIRED_REPLICAS: desired, MAX_REPLICAS: maximum}
@@ -341,7 +340,7 @@ def calculate_status(all_rss: list[Object], new_rs: Object | None, d: Object) ->
         del status["terminatingReplicas"]  # no ReplicaSet reports it (the gate is off)
     if previous.get("collisionCount") is not None:
         status["collisionCount"] = previous["collisionCount"]
-    status["conditions"] = copy.deepcopy(previous.get("conditions") or [])
+    status["conditions"] = clone(previous.get("conditions") or [])
     holder = {"status": status}
     if available >= replicas(d) - max_unavailable(d):
         util.set_condition(

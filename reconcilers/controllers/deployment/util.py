@@ -7,7 +7,6 @@ built on them (complete, progressing, timed out). Nothing here does I/O.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import math
 from collections.abc import Iterable
@@ -15,7 +14,7 @@ from typing import Any, Final
 
 from reconcilers.controllers import podtemplatehash
 from reconcilers.controllers.podutil import parse_time
-from reconcilers.kinds import Object
+from reconcilers.kinds import Object, clone
 
 __all__ = [
     "DESIRED_REPLICAS",
@@ -232,7 +231,7 @@ def last_revision(rss: Iterable[Object]) -> int:
 
 def set_from_replicaset_template(deployment: Object, rs: Object) -> None:
     """The Deployment's pod template becomes the ReplicaSet's, without its hash label."""
-    template = copy.deepcopy(rs["spec"]["template"])
+    template = clone(rs["spec"]["template"])
     labels = (template.get("metadata") or {}).get("labels")
     if labels:
         labels.pop(POD_TEMPLATE_HASH, None)

@@ -23,7 +23,6 @@ resource discovery lists (custom resources included), far more than any cache ho
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import logging
 from collections.abc import Iterable
@@ -41,7 +40,7 @@ from reconcilers.controllers.namespace.conditions import (
     discovery_failure_message,
     group_discovery_error,
 )
-from reconcilers.kinds import Object
+from reconcilers.kinds import Object, clone
 
 __all__ = [
     "FINALIZER_ESTIMATE_SECONDS",
@@ -215,7 +214,7 @@ class NamespacedResourcesDeleter:
         status = namespace.get("status") or {}
         if status.get("phase") == "Terminating":
             return namespace
-        updated = copy.deepcopy(namespace)
+        updated = clone(namespace)
         updated.setdefault("status", {})["phase"] = "Terminating"
         return await self._kube.replace(
             self._namespaces, None, namespace["metadata"]["name"], updated, subresource="status"

@@ -23,7 +23,6 @@ a private key kube-controller-manager does not start this controller; neither do
 from __future__ import annotations
 
 import base64
-import copy
 import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar, Final
@@ -43,7 +42,7 @@ from reconcilers.controller import (
 )
 from reconcilers.controllers.serviceaccount.legacytoken import SigningKey, legacy_claims
 from reconcilers.controllers.serviceaccount.options import PRIVATE_KEY_FILE, ROOT_CA_FILE, root_ca
-from reconcilers.kinds import SECRETS, SERVICEACCOUNTS, Object
+from reconcilers.kinds import SECRETS, SERVICEACCOUNTS, Object, clone
 
 __all__ = ["TokensController"]
 
@@ -163,7 +162,7 @@ class TokensController(ControllerBase):
         needs_token = not _decoded(data.get(TOKEN_KEY))
         if not (needs_ca or needs_namespace or needs_token):
             return
-        secret = copy.deepcopy(live)
+        secret = clone(live)
         meta = secret["metadata"]
         if needs_ca:
             data[CA_KEY] = _encoded(self._root_ca)

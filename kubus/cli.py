@@ -24,6 +24,7 @@ else:  # generic only to the type checker
 
 __all__ = ["COMMANDS", "main"]
 
+
 def _add_dev(subparsers: _Subparsers) -> None:
     from kubus.devstack import cli
 
@@ -184,7 +185,7 @@ def _one_line_failure(prog: str, error: Exception) -> str | None:
     from reconcilers import cli as reconciler_cli
     from watcher import cli as watcher_cli
 
-    if isinstance(error, (*watcher_cli.EXPECTED_ERRORS, *reconciler_cli.EXPECTED_ERRORS)):
+    if isinstance(error, (*watcher_cli.EXPECTED_ERRORS, *reconciler_cli.expected_errors())):
         return _one_line(error)
 
     if isinstance(error, NatsError):

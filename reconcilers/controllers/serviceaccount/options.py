@@ -9,15 +9,17 @@ flag is parsed, so a bad file is one line naming the flag and the file before an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from kubus.kube import KubeClient
 from reconcilers.controller import Flag
 from reconcilers.controllers.serviceaccount.legacytoken import (
     SigningKey,
     load_signing_key,
     read_file,
 )
+
+if TYPE_CHECKING:
+    from kubus.kube import KubeClient
 
 __all__ = ["PRIVATE_KEY_FILE", "ROOT_CA_FILE", "read_root_ca", "root_ca"]
 

@@ -5,6 +5,10 @@ command line or in ``--config``), then what flags mean together (lease timings i
 probe ports free, the kubeconfig readable), then, bounded by ``--connect-timeout``, that the
 apiserver and NATS answer. Only then does the manager provision the bus. A bad input is one
 line naming the flag, or the ``--config`` file and key.
+
+This module imports what the flags need; the manager, the apiserver client, the probe server
+and the controllers chosen are imported by the run, so that ``--help``, a bad flag and
+whatever only builds the parser pay for none of them.
 """
 
 from __future__ import annotations
@@ -16,9 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
-
-import yaml
+from typing import TYPE_CHECKING, Any, Final
 
 from bus.connect import DEFAULT_CONNECT_TIMEOUT, nats_url
 from bus.errors import BusError
@@ -38,28 +40,20 @@ from kubus.cliutil import (
     text,
     whole_number,
 )
-from kubus.kube import KubeApiError
 from kubus.logs import FORMATS, setup_logging
-from kubus.service import run_service
-from kubus.serving import BindAddress, parse_bind_address
-from kubus.startup import (
-    Outside,
-    StartupError,
-    check_outside,
-    check_probe_addresses,
-    read_kubeconfig,
-    read_nats_tls_ca,
-)
 from reconcilers.controller import Flag
-from reconcilers.manager import Manager, ManagerConfig, ManagerError
-from reconcilers.ownership import LeaseTiming
 from reconcilers.registry import (
     ControllerSelectionError,
-    implemented_controllers,
+    declared_controllers,
     select_controllers,
 )
 
-__all__ = ["EXPECTED_ERRORS", "ReconcilerConfigError", "add_reconciler_command"]
+if TYPE_CHECKING:
+    from kubus.serving import BindAddress
+    from kubus.startup import Outside
+    from reconcilers.manager import ManagerConfig
+
+__all__ = ["ReconcilerConfigError", "add_reconciler_command", "expected_errors"]
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 # Pool names go into KV bucket and durable consumer names: letters, digits, '-' and '_'.
@@ -113,6 +107,8 @@ def _gates(value: object) -> str:
 
 
 def _bind(value: object) -> str:
+    from kubus.serving import parse_bind_address
+
     address = text(value)
     parse_bind_address(address, flag="it")  # ValueError: "it must be HOST:PORT, ..."
     return address
@@ -258,7 +254,7 @@ FLAGS: Final[tuple[_Flag, ...]] = (
 def feature_gates() -> dict[str, bool]:
     """The kcm feature gates the controllers this process can run consult, with defaults."""
     gates: dict[str, bool] = {}
-    for controller in implemented_controllers().values():
+    for controller in declared_controllers().values():
         gates.update(controller.feature_gates)
     return dict(sorted(gates.items()))
 
@@ -283,7 +279,7 @@ def all_flags() -> tuple[_Flag, ...]:
     ]
     # A flag several controllers declare (kcm's --root-ca-file) is one flag, read by each.
     options: dict[str, tuple[Flag, list[str]]] = {}
-    for controller in implemented_controllers().values():
+    for controller in declared_controllers().values():
         declared.append(
             _Flag(
                 controller.concurrency_flag,
@@ -374,6 +370,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(config: ManagerConfig, outside: Outside) -> None:
+    from kubus.service import run_service
+    from kubus.startup import check_outside
+    from reconcilers.manager import Manager
+
     manager = Manager(config)
 
     async def service(stop: asyncio.Event, serving: asyncio.Event) -> None:
@@ -409,6 +409,8 @@ def _merged(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
+    import yaml
+
     where = f"--config {path}"
     try:
         loaded = yaml.safe_load(path.read_text())
@@ -441,6 +443,10 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, Outside]:
     """What the flags mean together, checked; the kubeconfig read."""
+    from kubus.startup import Outside, check_probe_addresses, read_kubeconfig, read_nats_tls_ca
+    from reconcilers.manager import ManagerConfig
+    from reconcilers.ownership import LeaseTiming
+
     gates = _check_feature_gates(str(values["feature_gates"]))
     controllers = select_controllers(str(values["controllers"]).split(","))
     concurrency = {
@@ -535,17 +541,26 @@ def _check_feature_gates(text: str) -> dict[str, bool]:
 
 
 def _bind_address(text: str, flag: str) -> BindAddress | None:
+    from kubus.serving import parse_bind_address
+
     try:
         return parse_bind_address(text, flag=flag)
     except ValueError as error:
         raise ReconcilerConfigError(str(error)) from None
 
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (
-    ReconcilerConfigError,
-    ControllerSelectionError,
-    ManagerError,
-    BusError,
-    KubeApiError,
-    StartupError,
-)
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors ``kubus reconciler`` turns into one line and exit code 1 (a function: some
+    live in modules only the run imports)."""
+    from kubus.kube import KubeApiError
+    from kubus.startup import StartupError
+    from reconcilers.manager import ManagerError
+
+    return (
+        ReconcilerConfigError,
+        ControllerSelectionError,
+        ManagerError,
+        BusError,
+        KubeApiError,
+        StartupError,
+    )

@@ -17,14 +17,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Protocol
-
-from opentelemetry.trace import Tracer
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from bus.subjects import ResourceType
-from kubus.kube import ApiResource, KubeClient
-from reconcilers.cache import ObjectCache
-from reconcilers.events import EventRecorder
+
+if TYPE_CHECKING:
+    # Only named in annotations: importing the contract (the command line reads the
+    # controllers' flags) imports no cache, apiserver client or tracer.
+    from opentelemetry.trace import Tracer
+
+    from kubus.kube import ApiResource, KubeClient
+    from reconcilers.cache import ObjectCache
+    from reconcilers.events import EventRecorder
 
 __all__ = [
     "EVERY_RESOURCE",

@@ -10,6 +10,11 @@ cloud-provider controllers, which kube-controller-manager itself accepts and ski
 Controllers from other distributions join through the ``kubus.controllers`` entry-point group
 (:mod:`reconcilers.external`) and are chosen the same way; ``*`` turns on only those that set
 ``enabled_by_default = True``.
+
+A built-in controller's module is imported when the controller is chosen, not before: what the
+command line needs of it earlier (its ``--concurrent-*-syncs``, its flags and feature gates, for
+``--help`` and parsing) is declared here too, in :data:`BUILTIN`, and a test holds each
+declaration equal to its class. A process running two controllers imports those two.
 """
 
 from __future__ import annotations
@@ -17,32 +22,31 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint
 from typing import Final, Protocol, TypeVar
 
 from reconcilers import external
-from reconcilers.controller import Context, Controller
-from reconcilers.controllers.deployment import DeploymentController
-from reconcilers.controllers.garbagecollector import GarbageCollectorController
-from reconcilers.controllers.namespace import NamespaceController
-from reconcilers.controllers.replicaset import ReplicaSetController
-from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
-from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
-from reconcilers.controllers.serviceaccount.tokens import TokensController
+from reconcilers.controller import Context, Controller, Flag
+from reconcilers.controllers.flags import ENABLE_GARBAGE_COLLECTOR, NAMESPACE_SYNC_PERIOD
+from reconcilers.controllers.serviceaccount.options import PRIVATE_KEY_FILE, ROOT_CA_FILE
 
 __all__ = [
+    "BUILTIN",
     "CLOUD_PROVIDER",
     "DISABLED_BY_DEFAULT",
     "IMPLEMENTED",
     "KNOWN",
+    "Builtin",
     "ControllerClass",
     "ControllerSelectionError",
+    "Declared",
     "KcmController",
     "Registry",
     "available",
     "controller_class",
+    "declared_controllers",
     "implemented_controllers",
     "select_controllers",
 ]
@@ -146,16 +150,175 @@ def controller_class(cls: _C) -> _C:
     return cls
 
 
-_BUILTIN: Final[tuple[type[Controller], ...]] = (
-    controller_class(DeploymentController),
-    controller_class(GarbageCollectorController),
-    controller_class(NamespaceController),
-    controller_class(ReplicaSetController),
-    controller_class(RootCACertPublisher),
-    controller_class(ServiceAccountsController),
-    controller_class(TokensController),
+@dataclass(frozen=True)
+class Declared:
+    """What the command line needs of a controller before it runs one: the flags it adds to
+    ``kubus reconciler`` and the feature gates it consults (the Controller protocol's)."""
+
+    name: str
+    concurrency_flag: str
+    default_concurrency: int
+    feature_gates: Mapping[str, bool] = field(default_factory=dict)
+    flags: tuple[Flag, ...] = ()
+
+    @classmethod
+    def of(cls, controller: type[Controller]) -> Declared:
+        return cls(
+            controller.name,
+            controller.concurrency_flag,
+            controller.default_concurrency,
+            dict(controller.feature_gates),
+            tuple(controller.flags),
+        )
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in controller: its declaration, and the import of its class."""
+
+    declared: Declared
+    load: Callable[[], type[Controller]]
+
+
+# Each imports a controller's module, which imports the apiserver client, the cache and the
+# controller's logic: only for the controllers a process runs.
+def _deployment() -> type[Controller]:
+    from reconcilers.controllers.deployment import DeploymentController
+
+    return controller_class(DeploymentController)
+
+
+def _garbage_collector() -> type[Controller]:
+    from reconcilers.controllers.garbagecollector import GarbageCollectorController
+
+    return controller_class(GarbageCollectorController)
+
+
+def _namespace() -> type[Controller]:
+    from reconcilers.controllers.namespace import NamespaceController
+
+    return controller_class(NamespaceController)
+
+
+def _replicaset() -> type[Controller]:
+    from reconcilers.controllers.replicaset import ReplicaSetController
+
+    return controller_class(ReplicaSetController)
+
+
+def _root_ca_publisher() -> type[Controller]:
+    from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
+
+    return controller_class(RootCACertPublisher)
+
+
+def _service_accounts() -> type[Controller]:
+    from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
+
+    return controller_class(ServiceAccountsController)
+
+
+def _tokens() -> type[Controller]:
+    from reconcilers.controllers.serviceaccount.tokens import TokensController
+
+    return controller_class(TokensController)
+
+
+_TERMINATING_REPLICAS: Final = {"DeploymentReplicaSetTerminatingReplicas": True}
+
+BUILTIN: Final[tuple[Builtin, ...]] = (
+    Builtin(
+        Declared(
+            "deployment-controller",
+            "concurrent-deployment-syncs",
+            5,
+            feature_gates=_TERMINATING_REPLICAS,
+        ),
+        _deployment,
+    ),
+    Builtin(
+        Declared(
+            "garbage-collector-controller",
+            "concurrent-gc-syncs",
+            20,
+            flags=(ENABLE_GARBAGE_COLLECTOR,),
+        ),
+        _garbage_collector,
+    ),
+    Builtin(
+        Declared(
+            "namespace-controller", "concurrent-namespace-syncs", 10, flags=(NAMESPACE_SYNC_PERIOD,)
+        ),
+        _namespace,
+    ),
+    Builtin(
+        Declared(
+            "replicaset-controller",
+            "concurrent-replicaset-syncs",
+            5,
+            feature_gates=_TERMINATING_REPLICAS,
+        ),
+        _replicaset,
+    ),
+    Builtin(
+        Declared(
+            "root-ca-certificate-publisher-controller",
+            "concurrent-root-ca-cert-publisher-syncs",
+            1,
+            flags=(ROOT_CA_FILE,),
+        ),
+        _root_ca_publisher,
+    ),
+    Builtin(
+        Declared("serviceaccount-controller", "concurrent-serviceaccount-syncs", 1),
+        _service_accounts,
+    ),
+    Builtin(
+        Declared(
+            "serviceaccount-token-controller",
+            "concurrent-serviceaccount-token-syncs",
+            5,
+            flags=(PRIVATE_KEY_FILE, ROOT_CA_FILE),
+        ),
+        _tokens,
+    ),
 )
-IMPLEMENTED: Final[Mapping[str, type[Controller]]] = {c.name: c for c in _BUILTIN}
+
+
+class _Classes(Mapping[str, type[Controller]]):
+    """Controller classes by canonical name, in order; a built-in's is imported the first time
+    it is looked up (``in`` and iterating the names import nothing)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, type[Controller] | Builtin] = {}
+
+    def add(self, name: str, item: type[Controller] | Builtin) -> None:
+        self._items[name] = item
+
+    def __getitem__(self, name: str) -> type[Controller]:
+        item = self._items[name]
+        if isinstance(item, Builtin):
+            item = self._items[name] = item.load()
+        return item
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _builtin_classes() -> _Classes:
+    classes = _Classes()
+    for builtin in BUILTIN:
+        classes.add(builtin.declared.name, builtin)
+    return classes
+
+
+IMPLEMENTED: Final[Mapping[str, type[Controller]]] = _builtin_classes()
 
 
 class ControllerSelectionError(ValueError):
@@ -172,20 +335,28 @@ class Registry:
     skipped: frozenset[str]  # accepted, never run (cloud-provider controllers)
     problems: tuple[str, ...]  # one line per entry point that could not join
     broken: Mapping[str, str]  # the names of those that --controllers resolves to them: line
+    # What the command line needs of each implemented controller, none of them imported.
+    declared: Mapping[str, Declared] = field(default_factory=dict)
 
     @classmethod
     def build(
         cls,
-        builtin: Iterable[type[Controller]] = _BUILTIN,
+        builtin: Iterable[type[Controller] | Builtin] = BUILTIN,
         entry_points: Iterable[EntryPoint] = (),
     ) -> Registry:
-        controllers = {c.name: c for c in builtin}
+        controllers = _Classes()
+        declared: dict[str, Declared] = {}
+        for item in builtin:
+            declaration = item.declared if isinstance(item, Builtin) else Declared.of(item)
+            controllers.add(declaration.name, item)
+            declared[declaration.name] = declaration
         names = {alias: c.name for c in KNOWN.values() for alias in (c.name, *c.aliases)}
         on = {name for name in controllers if name not in DISABLED_BY_DEFAULT}
-        flags = {c.concurrency_flag for c in controllers.values()}
+        flags = {d.concurrency_flag for d in declared.values()}
         loaded = external.load(entry_points, reserved=names, flags=flags)
         for name, controller in loaded.controllers.items():
-            controllers[name] = controller
+            controllers.add(name, controller)
+            declared[name] = Declared.of(controller)
             names.update({alias: name for alias in (name, *controller.aliases)})
             if external.enabled_by_default(controller):
                 on.add(name)
@@ -194,7 +365,7 @@ class Registry:
         broken = {name: line for name, line in loaded.problems.items() if name not in names}
         names.update({name: name for name in broken})
         problems = tuple(loaded.problems.values())
-        return cls(controllers, names, frozenset(on), CLOUD_PROVIDER, problems, broken)
+        return cls(controllers, names, frozenset(on), CLOUD_PROVIDER, problems, broken, declared)
 
 
 @functools.cache
@@ -203,8 +374,15 @@ def available() -> Registry:
     return Registry.build(entry_points=external.installed())
 
 
+def declared_controllers() -> Mapping[str, Declared]:
+    """Every controller this process can run, external ones included, as the command line
+    declares their flags: no built-in controller is imported for it."""
+    return available().declared
+
+
 def implemented_controllers() -> Mapping[str, type[Controller]]:
-    """Every controller this process can run, external ones included: the CLI's flags."""
+    """Every controller this process can run, external ones included; looking one up imports
+    it."""
     return available().controllers
 
 

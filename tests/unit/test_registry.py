@@ -24,11 +24,14 @@ from reconcilers.controller import Context, Controller, ControllerBase, Request,
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.replicaset import ReplicaSetController
 from reconcilers.registry import (
+    BUILTIN,
     CLOUD_PROVIDER,
     DISABLED_BY_DEFAULT,
     IMPLEMENTED,
     KNOWN,
+    Builtin,
     ControllerSelectionError,
+    Declared,
     Registry,
     select_controllers,
 )
@@ -170,6 +173,40 @@ def test_builtin_controllers_carry_kcm_names_and_aliases() -> None:
         assert name in KNOWN, name
         assert controller.aliases == KNOWN[name].aliases
         assert external.problem_of(controller) is None, name
+
+
+def test_each_builtin_is_declared_as_its_class_declares_itself() -> None:
+    """What --help and parsing use before a controller is imported is what the controller
+    says once it is: its names, --concurrent-*-syncs, flags (the same objects) and gates."""
+    assert [builtin.declared.name for builtin in BUILTIN] == list(IMPLEMENTED)
+    for builtin in BUILTIN:
+        controller = builtin.load()
+        assert Declared.of(controller) == builtin.declared, controller.name
+        assert IMPLEMENTED[controller.name] is controller
+
+
+def test_a_registry_imports_only_the_controllers_looked_up() -> None:
+    """A built-in is listed, counted and tested for by name without importing it."""
+    loads: list[str] = []
+
+    def counted(controller: type[Controller]) -> Builtin:
+        def load() -> type[Controller]:
+            loads.append(controller.name)
+            return controller
+
+        return Builtin(Declared.of(controller), load)
+
+    lazy = Registry.build(builtin=[counted(DeploymentController), counted(ReplicaSetController)])
+    assert "replicaset-controller" in lazy.controllers
+    assert list(lazy.controllers) == ["deployment-controller", "replicaset-controller"]
+    assert len(lazy.controllers) == 2
+    assert lazy.declared["replicaset-controller"].concurrency_flag == (
+        "concurrent-replicaset-syncs"
+    )
+    assert loads == []
+    assert select_controllers(["deployment"], lazy) == (DeploymentController,)
+    assert select_controllers(["deployment"], lazy) == (DeploymentController,)
+    assert loads == ["deployment-controller"]
 
 
 def test_runtime_check_covers_the_whole_protocol() -> None:

@@ -29,6 +29,7 @@ from reconcilers.controller import (
     RetryPolicy,
     Scope,
 )
+from reconcilers.controllers.flags import ENABLE_GARBAGE_COLLECTOR, parse_bool
 from reconcilers.controllers.garbagecollector import graph
 from reconcilers.controllers.garbagecollector.deletion import Action, decide
 from reconcilers.controllers.garbagecollector.graph import (
@@ -58,15 +59,6 @@ COMPONENT: Final = "garbage-collector-controller"
 MAX_WAIT: Final = 30.0
 
 
-def parse_bool(text: str) -> bool:
-    """Go's strconv.ParseBool, as kcm's boolean flags read their value."""
-    if text in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if text in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise ValueError(f"must be true or false, not {text!r}")
-
-
 class GarbageCollectorController(ControllerBase):
     name: ClassVar[str] = "garbage-collector-controller"
     aliases: ClassVar[tuple[str, ...]] = ("garbagecollector",)
@@ -81,16 +73,7 @@ class GarbageCollectorController(ControllerBase):
         Permission("*", "*", ("delete", "get", "list", "patch")),
         Permission.on(EVENTS, "create", "patch"),
     )
-    flags: ClassVar[tuple[Flag, ...]] = (
-        Flag(
-            "enable-garbage-collector",
-            True,
-            "enables the generic garbage collector; must be synced with the corresponding "
-            "flag of the kube-apiserver",
-            parse_bool,
-            metavar="true|false",
-        ),
-    )
+    flags: ClassVar[tuple[Flag, ...]] = (ENABLE_GARBAGE_COLLECTOR,)
     enabled_by_default: ClassVar[bool] = True
 
     def __init__(self, context: Context) -> None:

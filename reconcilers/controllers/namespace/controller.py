@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from typing import ClassVar, Final
 
 from bus.subjects import ResourceType
-from kubus.cliutil import duration
 from reconcilers.controller import (
     Context,
     ControllerBase,
@@ -30,13 +29,14 @@ from reconcilers.controller import (
     RetryPolicy,
     Scope,
 )
+from reconcilers.controllers.flags import NAMESPACE_SYNC_PERIOD
 from reconcilers.controllers.namespace.deleter import NamespacedResourcesDeleter
 from reconcilers.kinds import NAMESPACES, Object
 
 __all__ = ["DELETION_GRACE_PERIOD", "NamespaceController", "requeue_delay"]
 
 DELETION_GRACE_PERIOD: Final = 5.0
-DEFAULT_SYNC_PERIOD: Final = 300.0
+DEFAULT_SYNC_PERIOD: Final[float] = NAMESPACE_SYNC_PERIOD.default
 EVERYTHING: Final = ResourceType("*", "*", "*")
 
 
@@ -63,16 +63,7 @@ class NamespaceController(ControllerBase):
         # The content: every namespaced resource, whatever its group (as kcm's own role).
         Permission.on(EVERYTHING, "delete", "deletecollection", "get", "list"),
     )
-    flags: ClassVar[tuple[Flag, ...]] = (
-        Flag(
-            "namespace-sync-period",
-            DEFAULT_SYNC_PERIOD,
-            "the period for syncing namespace life-cycle updates",
-            duration(minimum=0.0),
-            shown_default="5m0s",
-            metavar="DURATION",
-        ),
-    )
+    flags: ClassVar[tuple[Flag, ...]] = (NAMESPACE_SYNC_PERIOD,)
 
     def __init__(self, context: Context) -> None:
         self._ctx = context

@@ -6,6 +6,9 @@ As kube-controller-manager signs them (``pkg/serviceaccount``): issuer
 ``kid``; the key id is the unpadded base64url SHA-256 of the public key's PKIX DER, so that the
 apiserver (``--service-account-key-file``) and anyone reading a JWKS agree on it. RSA keys sign
 RS256, ECDSA keys ES256/ES384/ES512 by curve (the signature as JWS wants it: r || s).
+
+cryptography is imported by what loads and signs with a key, not with this module: a
+reconciler without ``--service-account-private-key-file`` never loads it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 __all__ = [
     "LEGACY_ISSUER",
@@ -33,11 +34,12 @@ __all__ = [
 ]
 
 LEGACY_ISSUER: Final = "kubernetes/serviceaccount"
-# The curves kube-controller-manager signs with, and their JWS algorithm and hash.
-_CURVES: Final[dict[str, tuple[str, hashes.HashAlgorithm, int]]] = {
-    "secp256r1": ("ES256", hashes.SHA256(), 32),
-    "secp384r1": ("ES384", hashes.SHA384(), 48),
-    "secp521r1": ("ES512", hashes.SHA512(), 66),
+# The curves kube-controller-manager signs with: their JWS algorithm, hash (by name in
+# cryptography's ``hashes``) and the size in bytes of each half of a signature.
+_CURVES: Final[dict[str, tuple[str, str, int]]] = {
+    "secp256r1": ("ES256", "SHA256", 32),
+    "secp384r1": ("ES384", "SHA384", 48),
+    "secp521r1": ("ES512", "SHA512", 66),
 }
 
 
@@ -60,6 +62,8 @@ def legacy_claims(service_account: dict[str, Any], secret: dict[str, Any]) -> di
 
 
 def key_id(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -82,10 +86,15 @@ class SigningKey:
         return f"{signing_input.decode()}.{_b64(self._signature(signing_input))}"
 
     def _signature(self, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
         if isinstance(self.key, rsa.RSAPrivateKey):
             return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
         _alg, digest, size = _CURVES[self.key.curve.name]
-        r, s = decode_dss_signature(self.key.sign(data, ec.ECDSA(digest)))
+        algorithm: hashes.HashAlgorithm = getattr(hashes, digest)()
+        r, s = decode_dss_signature(self.key.sign(data, ec.ECDSA(algorithm)))
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
@@ -102,6 +111,10 @@ def read_file(path: Path) -> bytes:
 def load_signing_key(path: Path) -> SigningKey:
     """The key in the PEM file ``path`` (PKCS#1, SEC1 or PKCS#8); ValueError says what is
     wrong with it in a few words."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     data = read_file(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)

@@ -3,23 +3,23 @@
 ``--service-account-private-key-file`` signs legacy tokens; ``--root-ca-file`` is the CA put in
 token Secrets and in every namespace's ``kube-root-ca.crt``. Both are read and checked when the
 flag is parsed, so a bad file is one line naming the flag and the file before anything starts
-(kcm refuses to start on either too).
+(kcm refuses to start on either too). cryptography is imported only then, for a flag given.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from cryptography import x509
-
-from kubus.kube import KubeClient
 from reconcilers.controller import Flag
 from reconcilers.controllers.serviceaccount.legacytoken import (
     SigningKey,
     load_signing_key,
     read_file,
 )
+
+if TYPE_CHECKING:
+    from kubus.kube import KubeClient
 
 __all__ = ["PRIVATE_KEY_FILE", "ROOT_CA_FILE", "read_root_ca", "root_ca"]
 
@@ -30,6 +30,8 @@ def _signing_key(value: str) -> SigningKey:
 
 def read_root_ca(value: str) -> bytes:
     """The PEM bundle in ``value``: one or more certificates, nothing unparsable."""
+    from cryptography import x509
+
     path = Path(value).expanduser()
     data = read_file(path)
     try:

@@ -130,9 +130,17 @@ class PartitionOwnership:
         except (NatsError, TimeoutError) as error:
             log.warning("cannot reach the members bucket: %s", error)
             return
-        self.live_members = sorted(key.removeprefix("m.") for key in keys if key.startswith("m."))
-        members = self.live_members or [self.member]
+        live = sorted(key.removeprefix("m.") for key in keys if key.startswith("m."))
+        members = live or [self.member]
         wanted = {p for p in range(self._partitions) if rendezvous_owner(p, members) == self.member}
+        if live != self.live_members:
+            log.info(
+                "pool members now %s: this member should own %d partitions",
+                ", ".join(live) or "none",
+                len(wanted),
+                extra={"members": live, "wanted": sorted(wanted)},
+            )
+        self.live_members = live
         # Renewals first and together: a round must never delay them past the renew deadline.
         await asyncio.gather(*(self._renew(p) for p in sorted(self._held) if p in wanted))
         # A hand-back waits for the partition's in-flight reconciles (seconds, at worst): in the

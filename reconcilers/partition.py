@@ -147,6 +147,9 @@ class PartitionRunner:
         subscription = await self._js.pull_subscribe(
             self._filter, durable=self._durable, stream=self._layout.object_stream, config=config
         )
+        # The lag at once (the replay's tail), not after the first idle fetch seconds later:
+        # it is what tells an autoscaler, or a benchmark, that this partition has caught up.
+        await self._report_lag(subscription)
         fetched = 0
         while not self._stopped:
             messages = await _fetch(subscription)
@@ -158,10 +161,13 @@ class PartitionRunner:
             fetched += len(messages)
             if not messages or fetched >= 10 * _FETCH_BATCH:
                 fetched = 0
-                info = await subscription.consumer_info()
-                metrics.CONSUMER_LAG.labels(str(self.partition)).set(
-                    (info.num_pending or 0) + (info.num_ack_pending or 0)
-                )
+                await self._report_lag(subscription)
+
+    async def _report_lag(self, subscription: JetStreamContext.PullSubscription) -> None:
+        info = await subscription.consumer_info()
+        metrics.CONSUMER_LAG.labels(str(self.partition)).set(
+            (info.num_pending or 0) + (info.num_ack_pending or 0)
+        )
 
     async def _handle(self, message: Msg) -> bool:
         """Deliver one message; False when it can be acknowledged at once."""

@@ -28,6 +28,8 @@ import argparse
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -167,12 +169,38 @@ def join_once(
     run: int,
     log_dir: Path,
     partitions: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    """Start a third reconciler, time it until its share is caught up, then stop it."""
+    """Start a third reconciler, time it until its share is caught up, then stop it.
+
+    With ``profile``, py-spy samples it from just after its exec (collapsed stacks, for
+    where the time goes; such a run's figures are a little slower than an unprofiled one's).
+    """
     old = [Scrape.of(service) for service in pool]
     old_members = [s.member for s in old if s is not None and s.member is not None]
     exec_at = time.time()
     joiner = kubus_service(env, "reconciler", f"joiner-{run}", *args, log_dir=log_dir)
+    sampler = None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        sampler = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(joiner.pid),
+                "--rate",
+                "200",
+                "--duration",
+                str(int(JOIN_TIMEOUT)),
+                "--format",
+                "raw",
+                "--output",
+                str(profile / f"joiner-{run}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     ready_at = caught_up_at = first_owned_at = drained_at = None
     expected: set[int] | None = None
     try:
@@ -203,6 +231,8 @@ def join_once(
             time.sleep(POLL)
     finally:
         stop_processes([joiner])
+        if sampler is not None:
+            sampler.wait(timeout=30)  # it writes its output once the process is gone
     assert expected is not None
     return _timeline(
         json_log(joiner.log),
@@ -368,6 +398,9 @@ def main() -> None:
     parser.add_argument("--namespaces", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy each joining reconciler into DIR/joiner-N.txt"
+    )
     options = parser.parse_args()
     partitions = DEFAULT_PARTITIONS
     prefix = "b" + uuid.uuid4().hex[:8]
@@ -387,7 +420,13 @@ def main() -> None:
             print(f"pool of 2 settled {waited:.1f}s later", flush=True)
             for run in range(options.runs):
                 result = join_once(
-                    env, pool, common, run=run, log_dir=log_dir, partitions=partitions
+                    env,
+                    pool,
+                    common,
+                    run=run,
+                    log_dir=log_dir,
+                    partitions=partitions,
+                    profile=options.profile,
                 )
                 runs.append(result)
                 times = result["seconds_from_exec"]
@@ -410,6 +449,7 @@ def main() -> None:
         "pool": 2,
         "controllers": "default (every implemented controller)",
         "pods_ready_seconds": round(created, 1),
+        "profiled": options.profile is not None,
         "summary": summary,
         "runs": runs,
     }

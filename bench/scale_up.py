@@ -5,13 +5,14 @@ reconcilers running the default controllers (every implemented one, as ``kubus d
 runs them); ``--pods`` plain pods over ``--namespaces`` namespaces (100: every one of the 32
 partitions holds some), written through the apiserver, Running and Ready, mirrored onto the
 bus by the watcher. Once the pool has settled (the partitions owned as rendezvous hashing
-says, every consumer's lag 0, every pod cached), a third reconciler starts, and from the
+says, every consumer caught up, every pod cached), a third reconciler starts, and from the
 moment it is exec'd the benchmark times:
 
 - its first log line (imports done, flags parsed) and its first ownership round (joined);
 - its /readyz answering ok (polled);
 - its first partition acquired, and every partition rendezvous hashing gives it acquired and
-  replayed (its log), then seen caught up on its /metrics (consumer lag 0 on each);
+  replayed (its log), then seen caught up on its /metrics (the consumer of each bound, its lag
+  0, or at most ``LAG_SLACK`` on the partition that kwok's node Lease renewals keep busy);
 - the replay: objects per second per partition, and over its whole share;
 - the old owners' hand-back: from the join to each of them seeing the new member, and to the
   last of its partitions released.
@@ -58,6 +59,10 @@ from bus.subjects import DEFAULT_PARTITIONS
 from reconcilers.ownership import rendezvous_owner
 
 POLL = 0.05
+# Lag still counted as caught up, per partition: kwok renews each node's Lease every 10 s, so
+# the partition of kube-node-lease (100 nodes: 10 renewals/s, each acknowledged once the garbage
+# collector, which reads every kind, has seen it) is rarely at exactly 0 when scraped.
+LAG_SLACK = 20
 SETTLE_TIMEOUT = 300.0
 JOIN_TIMEOUT = 120.0
 
@@ -105,6 +110,10 @@ def share(member: str, members: list[str], partitions: int) -> set[int]:
     return {p for p in range(partitions) if rendezvous_owner(p, members) == member}
 
 
+def caught_up(lags: dict[int, float]) -> bool:
+    return all(lag <= LAG_SLACK for lag in lags.values())
+
+
 def settled(scrapes: list[Scrape | None], partitions: int, pods: int) -> bool:
     """Each member owns its rendezvous share, caught up, and the pool caches every pod."""
     if any(s is None or s.member is None for s in scrapes):
@@ -114,7 +123,7 @@ def settled(scrapes: list[Scrape | None], partitions: int, pods: int) -> bool:
         assert scrape is not None and scrape.member is not None
         if set(scrape.lags) != share(scrape.member, members, partitions):
             return False
-        if any(scrape.lags.values()):
+        if not caught_up(scrape.lags):
             return False
     return sum(s.pods for s in scrapes if s is not None) >= pods
 
@@ -223,7 +232,7 @@ def join_once(
                     caught_up_at is None
                     and ready_at is not None
                     and set(scrape.lags) == expected
-                    and not any(scrape.lags.values())
+                    and caught_up(scrape.lags)
                 ):
                     caught_up_at = now
                 if caught_up_at is not None and not scrape.queued:
@@ -342,7 +351,7 @@ FIGURES = (
     ("first_partition_acquired", "first partition acquired"),
     ("share_acquired", "its whole share acquired"),
     ("share_replayed", "its whole share replayed"),
-    ("polled_share_caught_up", "share caught up on /metrics (lag 0)"),
+    ("polled_share_caught_up", "share caught up on /metrics (lag ~0)"),
     ("polled_queues_drained", "work queues drained"),
 )
 

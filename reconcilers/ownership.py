@@ -184,12 +184,20 @@ class PartitionOwnership:
             log.warning("cannot reach the members bucket: %s", error)
             return
         live = sorted(key.removeprefix("m.") for key in keys if key.startswith("m."))
-        members = live or [self.member]
+        if self.member not in live:
+            # The listing missed the key this round has just written, so it is incomplete:
+            # nats-py's keys() can end before the first key is delivered (seen under load, as
+            # "no keys"). Shares computed from it would be wrong: keep what is held, decide
+            # next round.
+            log.debug("members listing without this member's own key; renewing only")
+            await asyncio.gather(*(self._renew(p) for p in sorted(self._held)))
+            return
+        members = live
         wanted = {p for p in range(self._partitions) if rendezvous_owner(p, members) == self.member}
         if live != self.live_members:
             log.info(
                 "pool members now %s: this member should own %d partitions",
-                ", ".join(live) or "none",
+                ", ".join(live),
                 len(wanted),
                 extra={"members": live, "wanted": sorted(wanted)},
             )

@@ -8,11 +8,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from bus.streams import ensure_bucket
@@ -228,6 +229,71 @@ def test_a_leaving_member_s_partitions_are_taken_at_once_and_never_by_two_worker
             _one_worker_at_a_time(log, partition)
         for partition in b_had:
             assert _worked_on(taken_back, partition)[-2:] == [("b", "stopped"), ("a", "started")]
+
+    asyncio.run(scenario())
+
+
+class _ListingMisses:
+    """A members bucket whose next ``misses`` listings come back empty, as nats-py's keys()
+    sometimes does under load (it can end before the first key is delivered)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self.misses = 0
+        self.owner: PartitionOwnership | None = None
+        self.views: list[list[str]] = []  # the owner's view of the pool at each listing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kv, name)
+
+    async def keys(self) -> list[str]:
+        if self.owner is not None:
+            self.views.append(list(self.owner.live_members))
+        if self.misses:
+            self.misses -= 1
+            raise NoKeysError
+        return await self._kv.keys()
+
+
+def test_a_members_listing_that_misses_the_member_itself_changes_no_share(
+    stack_env: dict[str, str],
+) -> None:
+    async def scenario() -> None:
+        connection = await nats.connect(stack_env["NATS_URL"])
+        members, leases = await _pool_buckets(connection)
+        listing = _ListingMisses(members)
+        changes: list[tuple[str, int]] = []
+
+        async def acquired(partition: int) -> None:
+            changes.append(("acquired", partition))
+
+        async def on_lost(partition: int) -> None:
+            changes.append(("lost", partition))
+
+        first = _member("a", cast(KeyValue, listing), leases, on_acquired=acquired, on_lost=on_lost)
+        listing.owner = first
+        second = _member("b", members, leases)
+        runs = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+        try:
+            a_keeps = {p for p in range(PARTITIONS) if rendezvous_owner(p, ["a", "b"]) == "a"}
+            await _until(
+                lambda: first.owned == a_keeps and len(second.owned) == PARTITIONS - len(a_keeps),
+                "the partitions split between a and b",
+            )
+            changes.clear()
+            listing.views.clear()
+            listing.misses = 2
+            await _until(lambda: len(listing.views) >= 4, "a's next three rounds")
+            # The view each round left behind, the two missed listings' included.
+            assert listing.views[1:] == [["a", "b"]] * (len(listing.views) - 1)
+            assert first.owned == a_keeps
+            assert len(second.owned) == PARTITIONS - len(a_keeps)
+            assert changes == [], "a started or stopped work on an incomplete view of the pool"
+        finally:
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            await connection.close()
 
     asyncio.run(scenario())
 

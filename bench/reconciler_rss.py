@@ -25,6 +25,7 @@ import nats
 
 from bench.cachecontroller import CacheOnly
 from bench.support import (
+    cached_objects,
     dev_stack,
     entry_points_dir,
     kubus_service,
@@ -93,14 +94,6 @@ async def publish(url: str, layout: BusLayout, pods: int, nodes: int) -> None:
         await connection.close()
 
 
-def _cached(text: str, resource: str) -> int:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("kubus_reconciler_cached_objects{") and f'resource="{resource}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=10_000)
@@ -145,8 +138,8 @@ def main() -> None:
                     {
                         "process": service.name,
                         "peak_rss_mb": round(peak_rss_mb(service.pid), 1),
-                        "nodes_cached": _cached(text, "v1/nodes"),
-                        "pods_cached": _cached(text, "v1/pods"),
+                        "nodes_cached": cached_objects(text, "v1/nodes"),
+                        "pods_cached": cached_objects(text, "v1/pods"),
                         "partitions": int(
                             float(
                                 re.search(

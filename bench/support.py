@@ -418,6 +418,59 @@ def wait_ready(
             time.sleep(0.1)
 
 
+def labelled_values(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric ``name`` in one scrape: its labels and value."""
+    samples = []
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        labels: dict[str, str] = {}
+        if "{" in head:
+            for pair in head[head.index("{") + 1 : head.rindex("}")].split('",'):
+                if "=" in pair:
+                    key, raw = pair.split("=", 1)
+                    labels[key.strip()] = raw.strip().strip('"')
+        samples.append((labels, float(value)))
+    return samples
+
+
+def cached_objects(text: str, resource: str) -> int:
+    """Objects of ``resource`` (``v1/pods``) in a reconciler's caches, from one scrape."""
+    return int(
+        sum(
+            value
+            for labels, value in labelled_values(text, "kubus_reconciler_cached_objects")
+            if labels.get("resource") == resource
+        )
+    )
+
+
+def json_log(path: Path) -> list[dict[str, Any]]:
+    """The lines of a ``--logging-format=json`` log that are JSON objects (others skipped)."""
+    entries = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    entries.append(msgspec.json.decode(line))
+    return entries
+
+
+def spread(values: list[float], digits: int = 2) -> dict[str, float] | None:
+    """min, median and max of several runs' figure (None: no run measured it)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return {
+        "min": round(ordered[0], digits),
+        "median": round(median, digits),
+        "max": round(ordered[-1], digits),
+    }
+
+
 def scrape_metrics(port: int, *, timeout: float = 5) -> str:
     """The Prometheus text a process serves on ``port``'s /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:

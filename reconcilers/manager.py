@@ -136,6 +136,12 @@ class Manager:
         self._max_payload = 1024 * 1024
         self._audit = config.audit_log.open("a") if config.audit_log else None
         metrics.MEMBER.labels(config.member, config.pool).set(1)
+        log.info(
+            "member %s of pool %s starting",
+            config.member,
+            config.pool,
+            extra={"member": config.member, "pool": config.pool},
+        )
         metrics.CACHED_OBJECTS.add(self._cache_counts)
 
     async def run(self, stop: asyncio.Event, serving: asyncio.Event | None = None) -> None:

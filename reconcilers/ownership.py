@@ -3,7 +3,7 @@
 Members of a pool heartbeat into a members bucket; partitions are leased in a leases bucket.
 Both buckets carry a TTL (the lease duration), so a key that is not rewritten in time expires.
 
-Every ``retry_period`` a member:
+Every ``retry_period``, and at once when the pool changes, a member:
 
 1. refreshes its heartbeat and reads the live members;
 2. computes the partitions it *should* own: for each partition, the live member with the
@@ -12,6 +12,14 @@ Every ``retry_period`` a member:
 3. renews the leases it holds and still should own (compare-and-set on the key's revision); a
    lease it should no longer hold is released (work stopped first, then the key deleted);
 4. tries to create the lease of every partition it should own and does not hold yet.
+
+"When the pool changes": each member watches both buckets, and a member key it has not seen
+(a member joining) or gone (a member leaving), or the lease of a partition it should own and
+does not hold being deleted (handed back), starts its next round now rather than at the end of
+the retry period. A join then costs the old owners' stop and a few round trips, not up to two
+retry periods (one for them to see the new member, one for it to claim what they freed). The
+watches only hurry rounds: a member whose watch is lost meanwhile still does every round on
+time, and a lease that expires (no delete in the bucket) is claimed at the next round as before.
 
 Each partition's lease is a :class:`reconcilers.lease.Lease` (compare-and-set writes, a fence
 that gives the lease up at the renew deadline, before its TTL can expire), so the next owner
@@ -87,6 +95,9 @@ class PartitionOwnership:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False  # shutting down: renew what is held, take nothing new
         self.live_members: list[str] = []
+        self._wanted: frozenset[int] = frozenset()  # the share computed in the last round
+        self._wake = asyncio.Event()  # the pool changed: round now
+        self._leases_bucket = leases
 
     def stop_acquiring(self) -> None:
         """From now on only renew: a process draining for shutdown must not start work on
@@ -99,15 +110,57 @@ class PartitionOwnership:
 
     async def run(self) -> None:
         """Keep leases until cancelled; cancelling releases every held partition."""
+        loop = asyncio.get_running_loop()
+        watching = [
+            loop.create_task(self._watch("members", self._members, self._member_seen)),
+            loop.create_task(self._watch("leases", self._leases_bucket, self._lease_seen)),
+        ]
         try:
             while True:
                 started = time.monotonic()
+                self._wake.clear()  # a change seen during the round makes the next one at once
                 await self._round()
-                await asyncio.sleep(
-                    max(0.0, self._timing.retry_period - (time.monotonic() - started))
-                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(
+                        max(0.0, self._timing.retry_period - (time.monotonic() - started))
+                    ):
+                        await self._wake.wait()
         finally:
+            for task in watching:
+                task.cancel()
+            await asyncio.gather(*watching, return_exceptions=True)
             await asyncio.shield(self.release_all())
+
+    async def _watch(self, what: str, bucket: KeyValue, react: Callable[[str, bool], None]) -> None:
+        """Call ``react(key, deleted)`` for every change of ``bucket``, for ever; a watch that
+        fails (NATS away) is made again a retry period later, the rounds going on meanwhile."""
+        while True:
+            try:
+                watcher = await bucket.watchall(meta_only=True)
+                try:
+                    async for entry in watcher:
+                        if entry is not None:
+                            react(entry.key, entry.operation in ("DEL", "PURGE"))
+                finally:
+                    with contextlib.suppress(NatsError, TimeoutError):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+            except (NatsError, TimeoutError) as error:
+                log.debug("watch of the %s bucket failed: %s", what, error)
+            await asyncio.sleep(self._timing.retry_period)
+
+    def _member_seen(self, key: str, deleted: bool) -> None:
+        member = key.removeprefix("m.")
+        if member == self.member or not self.live_members:
+            return  # its own heartbeat, or before the first round (which is next anyway)
+        if deleted or member not in self.live_members:
+            self._wake.set()  # a member left or joined: the shares change
+
+    def _lease_seen(self, key: str, deleted: bool) -> None:
+        if not deleted or not key.startswith("p") or not key[1:].isdigit():
+            return
+        partition = int(key[1:])
+        if partition in self._wanted and partition not in self._held | self._stopping:
+            self._wake.set()  # handed back by its old owner: claim it now
 
     async def release_all(self) -> None:
         """Stop work on every partition, then hand the leases back (SIGTERM, shutdown)."""
@@ -130,9 +183,26 @@ class PartitionOwnership:
         except (NatsError, TimeoutError) as error:
             log.warning("cannot reach the members bucket: %s", error)
             return
-        self.live_members = sorted(key.removeprefix("m.") for key in keys if key.startswith("m."))
-        members = self.live_members or [self.member]
+        live = sorted(key.removeprefix("m.") for key in keys if key.startswith("m."))
+        if self.member not in live:
+            # The listing missed the key this round has just written, so it is incomplete:
+            # nats-py's keys() can end before the first key is delivered (seen under load, as
+            # "no keys"). Shares computed from it would be wrong: keep what is held, decide
+            # next round.
+            log.debug("members listing without this member's own key; renewing only")
+            await asyncio.gather(*(self._renew(p) for p in sorted(self._held)))
+            return
+        members = live
         wanted = {p for p in range(self._partitions) if rendezvous_owner(p, members) == self.member}
+        if live != self.live_members:
+            log.info(
+                "pool members now %s: this member should own %d partitions",
+                ", ".join(live),
+                len(wanted),
+                extra={"members": live, "wanted": sorted(wanted)},
+            )
+        self.live_members = live
+        self._wanted = frozenset(wanted)
         # Renewals first and together: a round must never delay them past the renew deadline.
         await asyncio.gather(*(self._renew(p) for p in sorted(self._held) if p in wanted))
         # A hand-back waits for the partition's in-flight reconciles (seconds, at worst): in the

@@ -163,7 +163,9 @@ class PartitionRunner:
             await deliveries.stop()
 
     async def _pull(self, deliveries: PullStream) -> None:
-        changed = False  # something was delivered since the lag was read, or it was not 0
+        # The lag at once (the replay's tail), not seconds later: it is what tells an
+        # autoscaler, or a benchmark, that this partition has caught up.
+        changed = await self._report_lag() != 0  # delivered since the last read, or not 0
         last_read = time.monotonic()
         while not self._stopped:
             messages = await deliveries.next(_IDLE_TIMEOUT)
@@ -175,14 +177,17 @@ class PartitionRunner:
             changed = changed or bool(messages)
             if time.monotonic() - last_read < (_LAG_EVERY if changed else _SETTLED_LAG_EVERY):
                 continue
-            # The lag metric, read at a bounded rate: each read is a JetStream API call (and
-            # an advisory) for every owned partition. NotFoundError, the consumer gone, ends
-            # the run to be restarted; the pull stream notices that on its own too.
+            # At a bounded rate: each read is a JetStream API call (and an advisory) for
+            # every owned partition. NotFoundError, the consumer gone, ends the run to be
+            # restarted; the pull stream notices that on its own too.
             last_read = time.monotonic()
-            info = await self._js.consumer_info(self._layout.object_stream, self._durable)
-            lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
-            metrics.CONSUMER_LAG.labels(str(self.partition)).set(lag)
-            changed = lag != 0
+            changed = await self._report_lag() != 0
+
+    async def _report_lag(self) -> int:
+        info = await self._js.consumer_info(self._layout.object_stream, self._durable)
+        lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        metrics.CONSUMER_LAG.labels(str(self.partition)).set(lag)
+        return lag
 
     async def _handle(self, message: Msg) -> bool:
         """Deliver one message; False when it can be acknowledged at once."""

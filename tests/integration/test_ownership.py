@@ -8,11 +8,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from bus.streams import ensure_bucket
@@ -109,12 +110,202 @@ def test_a_member_shutting_down_keeps_its_partitions_but_takes_none_a_leaving_pe
     asyncio.run(scenario())
 
 
-async def _pool_buckets(connection: NatsClient) -> tuple[KeyValue, KeyValue]:
-    """A fresh pool's members and leases buckets."""
+# Rounds this far apart: a hand-over seen well within one happened because the members saw
+# the pool change, not because a round came round.
+SLOW_ROUNDS = LeaseTiming(lease_duration=60.0, renew_deadline=50.0, retry_period=30.0)
+
+
+def _worked_on(log: list[tuple[str, str, int]], partition: int) -> list[tuple[str, str]]:
+    """(member, what) of every start and stop of work on ``partition``, in order."""
+    return [(member, what) for member, what, p in log if p == partition]
+
+
+def _one_worker_at_a_time(log: list[tuple[str, str, int]], partition: int) -> None:
+    """Work on the partition starts only when nobody works on it: each stop of the previous
+    worker has finished before the next start."""
+    working: str | None = None
+    for member, what in _worked_on(log, partition):
+        if what == "started":
+            assert working is None, f"partition {partition}: {member} started while {working} works"
+            working = member
+        elif what == "stopped":
+            assert working == member, f"partition {partition}: {member} stopped, {working} works"
+            working = None
+
+
+def test_a_join_moves_partitions_at_once_and_never_to_two_workers(
+    stack_env: dict[str, str],
+) -> None:
+    async def scenario() -> None:
+        connection = await nats.connect(stack_env["NATS_URL"])
+        members, leases = await _pool_buckets(connection, SLOW_ROUNDS)
+        log: list[tuple[str, str, int]] = []
+
+        def member(name: str) -> PartitionOwnership:
+            async def acquired(partition: int) -> None:
+                log.append((name, "started", partition))
+
+            async def on_lost(partition: int) -> None:
+                await asyncio.sleep(STOP_TAKES)  # in-flight reconciles finishing
+                log.append((name, "stopped", partition))
+
+            return _member(
+                name, members, leases, on_acquired=acquired, on_lost=on_lost, timing=SLOW_ROUNDS
+            )
+
+        first, second = member("a"), member("b")
+        runs = [asyncio.create_task(first.run())]
+        try:
+            await _until(lambda: len(first.owned) == PARTITIONS, "a holds every partition")
+            runs.append(asyncio.create_task(second.run()))
+            b_takes = {p for p in range(PARTITIONS) if rendezvous_owner(p, ["a", "b"]) == "b"}
+            # b's first round finds them held by a; a hands them back as soon as it sees b,
+            # and b claims each as soon as it is released: all long before either's next round.
+            await _until(
+                lambda: second.owned == b_takes and first.owned == set(range(PARTITIONS)) - b_takes,
+                "the partitions split between a and b within a round",
+                within=SLOW_ROUNDS.retry_period / 2,
+            )
+        finally:
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            await connection.close()
+        for partition in b_takes:
+            assert _worked_on(log, partition)[:3] == [
+                ("a", "started"),
+                ("a", "stopped"),
+                ("b", "started"),
+            ]
+        for partition in range(PARTITIONS):
+            _one_worker_at_a_time(log, partition)
+
+    asyncio.run(scenario())
+
+
+def test_a_leaving_member_s_partitions_are_taken_at_once_and_never_by_two_workers(
+    stack_env: dict[str, str],
+) -> None:
+    async def scenario() -> None:
+        connection = await nats.connect(stack_env["NATS_URL"])
+        members, leases = await _pool_buckets(connection, SLOW_ROUNDS)
+        log: list[tuple[str, str, int]] = []
+
+        def member(name: str) -> PartitionOwnership:
+            async def acquired(partition: int) -> None:
+                log.append((name, "started", partition))
+
+            async def on_lost(partition: int) -> None:
+                await asyncio.sleep(STOP_TAKES)
+                log.append((name, "stopped", partition))
+
+            return _member(
+                name, members, leases, on_acquired=acquired, on_lost=on_lost, timing=SLOW_ROUNDS
+            )
+
+        first, second = member("a"), member("b")
+        runs = {name: asyncio.create_task(m.run()) for name, m in (("a", first), ("b", second))}
+        try:
+            b_had = {p for p in range(PARTITIONS) if rendezvous_owner(p, ["a", "b"]) == "b"}
+            await _until(
+                lambda: second.owned == b_had and len(first.owned) == PARTITIONS - len(b_had),
+                "the partitions split between a and b",
+                within=SLOW_ROUNDS.retry_period / 2,
+            )
+            runs["b"].cancel()  # b leaves: it stops its work, then hands its leases back
+            await asyncio.gather(runs["b"], return_exceptions=True)
+            await _until(
+                lambda: len(first.owned) == PARTITIONS,
+                "a holds every partition again within a round",
+                within=SLOW_ROUNDS.retry_period / 2,
+            )
+            taken_back = list(log)
+        finally:
+            for run in runs.values():
+                run.cancel()
+            await asyncio.gather(*runs.values(), return_exceptions=True)
+            await connection.close()
+        for partition in range(PARTITIONS):
+            _one_worker_at_a_time(log, partition)
+        for partition in b_had:
+            assert _worked_on(taken_back, partition)[-2:] == [("b", "stopped"), ("a", "started")]
+
+    asyncio.run(scenario())
+
+
+class _ListingMisses:
+    """A members bucket whose next ``misses`` listings come back empty, as nats-py's keys()
+    sometimes does under load (it can end before the first key is delivered)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self.misses = 0
+        self.owner: PartitionOwnership | None = None
+        self.views: list[list[str]] = []  # the owner's view of the pool at each listing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kv, name)
+
+    async def keys(self) -> list[str]:
+        if self.owner is not None:
+            self.views.append(list(self.owner.live_members))
+        if self.misses:
+            self.misses -= 1
+            raise NoKeysError
+        return await self._kv.keys()
+
+
+def test_a_members_listing_that_misses_the_member_itself_changes_no_share(
+    stack_env: dict[str, str],
+) -> None:
+    async def scenario() -> None:
+        connection = await nats.connect(stack_env["NATS_URL"])
+        members, leases = await _pool_buckets(connection)
+        listing = _ListingMisses(members)
+        changes: list[tuple[str, int]] = []
+
+        async def acquired(partition: int) -> None:
+            changes.append(("acquired", partition))
+
+        async def on_lost(partition: int) -> None:
+            changes.append(("lost", partition))
+
+        first = _member("a", cast(KeyValue, listing), leases, on_acquired=acquired, on_lost=on_lost)
+        listing.owner = first
+        second = _member("b", members, leases)
+        runs = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+        try:
+            a_keeps = {p for p in range(PARTITIONS) if rendezvous_owner(p, ["a", "b"]) == "a"}
+            await _until(
+                lambda: first.owned == a_keeps and len(second.owned) == PARTITIONS - len(a_keeps),
+                "the partitions split between a and b",
+            )
+            changes.clear()
+            listing.views.clear()
+            listing.misses = 2
+            await _until(lambda: len(listing.views) >= 4, "a's next three rounds")
+            # The view each round left behind, the two missed listings' included.
+            assert listing.views[1:] == [["a", "b"]] * (len(listing.views) - 1)
+            assert first.owned == a_keeps
+            assert len(second.owned) == PARTITIONS - len(a_keeps)
+            assert changes == [], "a started or stopped work on an incomplete view of the pool"
+        finally:
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
+async def _pool_buckets(
+    connection: NatsClient, timing: LeaseTiming = TIMING
+) -> tuple[KeyValue, KeyValue]:
+    """A fresh pool's members and leases buckets (keys expire after the lease duration)."""
     prefix = "t" + uuid.uuid4().hex[:10]
     js = connection.jetstream()
-    members = await ensure_bucket(js, f"{prefix}-members", ttl_seconds=TIMING.lease_duration)
-    leases = await ensure_bucket(js, f"{prefix}-leases", ttl_seconds=TIMING.lease_duration)
+    members = await ensure_bucket(js, f"{prefix}-members", ttl_seconds=timing.lease_duration)
+    leases = await ensure_bucket(js, f"{prefix}-leases", ttl_seconds=timing.lease_duration)
     return members, leases
 
 
@@ -129,21 +320,22 @@ def _member(
     *,
     on_acquired: Callback = _no_partition_work,
     on_lost: Callback = _no_partition_work,
+    timing: LeaseTiming = TIMING,
 ) -> PartitionOwnership:
     return PartitionOwnership(
         member=name,
         members=members,
         leases=leases,
         partitions=PARTITIONS,
-        timing=TIMING,
+        timing=timing,
         on_acquired=on_acquired,
         on_lost=on_lost,
     )
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
+async def _until(condition: Callable[[], bool], what: str, *, within: float = 30) -> None:
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(within):
             while not condition():  # noqa: ASYNC110 - ownership rounds expose no event
                 await asyncio.sleep(0.05)
     except TimeoutError:

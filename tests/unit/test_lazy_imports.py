@@ -1,10 +1,10 @@
 """What a command imports before it runs: only what its own path needs.
 
 A new reconciler process should be ready fast, and most of its start-up is imports. Each case
-runs in a fresh interpreter and checks which modules are loaded (never how long it took: the
-figures are in the README's Performance section): the other subcommands' modules, the
-controllers not chosen, cryptography without a key to sign with, and the run's machinery while
-only the command line is built.
+runs in a fresh interpreter and checks which modules are loaded, never how long it took
+(``python -X importtime -c 'import reconcilers.cli'`` measures that): the other subcommands'
+modules, the controllers not chosen, cryptography without a key to sign with, and the run's
+machinery while only the command line is built.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -119,6 +120,9 @@ class StreamFollower:
         # Starting at the stream's last sequence before the replay may repeat a message the
         # replay saw: applying an equal state again is harmless.
         config = ConsumerConfig(
+            # A name of its own (it is still ephemeral): created on the subject the production
+            # NATS users are allowed, CONSUMER.CREATE.<stream>.<name>.<filter>.
+            name=f"follow-{secrets.token_hex(8)}",
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, start),
             ack_policy=AckPolicy.NONE,

@@ -140,6 +140,9 @@ class PartitionRunner:
 
     async def _follow(self, start: int) -> None:
         config = ConsumerConfig(
+            # Named as well: then it is created with CONSUMER.CREATE.<stream>.<name>.<filter>,
+            # the subject the production NATS users are allowed (not the legacy DURABLE one).
+            name=self._durable,
             durable_name=self._durable,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, start),

@@ -8,7 +8,8 @@ bus by the watcher. Once the pool has settled (the partitions owned as rendezvou
 says, every consumer caught up, every pod cached), a third reconciler starts, and from the
 moment it is exec'd the benchmark times:
 
-- its first log line (imports done, flags parsed) and its first ownership round (joined);
+- its first log line (imports done, flags parsed, NATS connected) and its first ownership
+  round (joined);
 - its /readyz answering ok (polled);
 - its first partition acquired, and every partition rendezvous hashing gives it acquired and
   replayed (its log), then seen caught up on its /metrics (the consumer of each bound, its lag
@@ -345,7 +346,7 @@ def _timeline(
 
 
 FIGURES = (
-    ("first_log_line", "first log line (imports done)"),
+    ("first_log_line", "first log line (imports done, NATS connected)"),
     ("joined_pool", "first ownership round"),
     ("polled_ready", "/readyz ok"),
     ("first_partition_acquired", "first partition acquired"),

@@ -136,12 +136,6 @@ class Manager:
         self._max_payload = 1024 * 1024
         self._audit = config.audit_log.open("a") if config.audit_log else None
         metrics.MEMBER.labels(config.member, config.pool).set(1)
-        log.info(
-            "member %s of pool %s starting",
-            config.member,
-            config.pool,
-            extra={"member": config.member, "pool": config.pool},
-        )
         metrics.CACHED_OBJECTS.add(self._cache_counts)
 
     async def run(self, stop: asyncio.Event, serving: asyncio.Event | None = None) -> None:
@@ -149,6 +143,13 @@ class Manager:
         tracer = setup_tracing("kubus-reconciler")
         nc = await _connect(
             config.nats_url, config.member, config.connect_timeout, tls=config.nats_tls
+        )
+        # Only once connected: a start that fails on bad input says so in one line.
+        log.info(
+            "member %s of pool %s starting",
+            config.member,
+            config.pool,
+            extra={"member": config.member, "pool": config.pool},
         )
         try:
             js = nc.jetstream()

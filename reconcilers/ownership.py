@@ -187,10 +187,13 @@ class PartitionOwnership:
         if self.member not in live:
             # The listing missed the key this round has just written, so it is incomplete:
             # nats-py's keys() can end before the first key is delivered (seen under load, as
-            # "no keys"). Shares computed from it would be wrong: keep what is held, decide
-            # next round.
+            # "no keys"). Shares computed from it would be wrong: keep what is held, and try
+            # again shortly rather than a whole retry period later (a first round that misses
+            # would leave a new member with nothing for that long).
             log.debug("members listing without this member's own key; renewing only")
             await asyncio.gather(*(self._renew(p) for p in sorted(self._held)))
+            await asyncio.sleep(min(0.2, self._timing.retry_period / 10))
+            self._wake.set()
             return
         members = live
         wanted = {p for p in range(self._partitions) if rendezvous_owner(p, members) == self.member}

@@ -20,6 +20,7 @@ declaration equal to its class. A process running two controllers imports those 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -180,48 +181,15 @@ class Builtin:
     load: Callable[[], type[Controller]]
 
 
-# Each imports a controller's module, which imports the apiserver client, the cache and the
-# controller's logic: only for the controllers a process runs.
-def _deployment() -> type[Controller]:
-    from reconcilers.controllers.deployment import DeploymentController
+def _lazy(module: str, name: str) -> Callable[[], type[Controller]]:
+    """A loader of ``module.name``: importing a controller's module imports the apiserver
+    client, the cache and the controller's logic, so only the controllers a process runs."""
 
-    return controller_class(DeploymentController)
+    def load() -> type[Controller]:
+        loaded: type[Controller] = getattr(importlib.import_module(module), name)
+        return loaded
 
-
-def _garbage_collector() -> type[Controller]:
-    from reconcilers.controllers.garbagecollector import GarbageCollectorController
-
-    return controller_class(GarbageCollectorController)
-
-
-def _namespace() -> type[Controller]:
-    from reconcilers.controllers.namespace import NamespaceController
-
-    return controller_class(NamespaceController)
-
-
-def _replicaset() -> type[Controller]:
-    from reconcilers.controllers.replicaset import ReplicaSetController
-
-    return controller_class(ReplicaSetController)
-
-
-def _root_ca_publisher() -> type[Controller]:
-    from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
-
-    return controller_class(RootCACertPublisher)
-
-
-def _service_accounts() -> type[Controller]:
-    from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
-
-    return controller_class(ServiceAccountsController)
-
-
-def _tokens() -> type[Controller]:
-    from reconcilers.controllers.serviceaccount.tokens import TokensController
-
-    return controller_class(TokensController)
+    return load
 
 
 _TERMINATING_REPLICAS: Final = {"DeploymentReplicaSetTerminatingReplicas": True}
@@ -234,7 +202,7 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             5,
             feature_gates=_TERMINATING_REPLICAS,
         ),
-        _deployment,
+        _lazy("reconcilers.controllers.deployment", "DeploymentController"),
     ),
     Builtin(
         Declared(
@@ -243,13 +211,13 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             20,
             flags=(ENABLE_GARBAGE_COLLECTOR,),
         ),
-        _garbage_collector,
+        _lazy("reconcilers.controllers.garbagecollector", "GarbageCollectorController"),
     ),
     Builtin(
         Declared(
             "namespace-controller", "concurrent-namespace-syncs", 10, flags=(NAMESPACE_SYNC_PERIOD,)
         ),
-        _namespace,
+        _lazy("reconcilers.controllers.namespace", "NamespaceController"),
     ),
     Builtin(
         Declared(
@@ -258,7 +226,7 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             5,
             feature_gates=_TERMINATING_REPLICAS,
         ),
-        _replicaset,
+        _lazy("reconcilers.controllers.replicaset", "ReplicaSetController"),
     ),
     Builtin(
         Declared(
@@ -267,11 +235,13 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             1,
             flags=(ROOT_CA_FILE,),
         ),
-        _root_ca_publisher,
+        _lazy("reconcilers.controllers.rootcacertpublisher", "RootCACertPublisher"),
     ),
     Builtin(
         Declared("serviceaccount-controller", "concurrent-serviceaccount-syncs", 1),
-        _service_accounts,
+        _lazy(
+            "reconcilers.controllers.serviceaccount.serviceaccounts", "ServiceAccountsController"
+        ),
     ),
     Builtin(
         Declared(
@@ -280,7 +250,7 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             5,
             flags=(PRIVATE_KEY_FILE, ROOT_CA_FILE),
         ),
-        _tokens,
+        _lazy("reconcilers.controllers.serviceaccount.tokens", "TokensController"),
     ),
 )
 

@@ -19,6 +19,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 from bus.layout import BusLayout
+from bus.streams import provisioning
 
 __all__ = ["DeadLetterHeader", "ensure_dead_letter_stream", "publish_dead_letter"]
 
@@ -50,11 +51,15 @@ async def ensure_dead_letter_stream(
         max_age=_MAX_AGE,
         max_bytes=_MAX_BYTES,
     )
-    try:
-        await js.stream_info(layout.dead_letter_stream)
-    except NotFoundError:
-        await js.add_stream(config)
-        log.info("created stream %s", layout.dead_letter_stream)
+
+    async def attempt() -> None:
+        try:
+            await js.stream_info(layout.dead_letter_stream)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("created stream %s", layout.dead_letter_stream)
+
+    await provisioning(f"provision stream {layout.dead_letter_stream}", attempt)
 
 
 async def publish_dead_letter(

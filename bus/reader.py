@@ -95,6 +95,11 @@ class ObjectStreamReader:
                         batch=min(pending, _BATCH) if bounded else _BATCH, timeout=_FETCH_TIMEOUT
                     )
                 except TimeoutError:  # nats-py raises both its own and asyncio's
+                    if bounded:
+                        # What was pending may be gone (superseded, expired), or the consumer
+                        # with its server: ask again rather than wait for it forever. A
+                        # consumer that cannot answer ends the replay with an error.
+                        pending = (await subscription.consumer_info()).num_pending or 0
                     continue
                 for message in batch:
                     metadata = message.metadata

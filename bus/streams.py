@@ -8,10 +8,14 @@ values. Nothing is silently left as it was.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -20,15 +24,30 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
-from bus.errors import BusConfigError
+from bus.errors import BusConfigError, BusError
 from bus.layout import BusLayout
 
-__all__ = ["MAX_REPLICAS", "StreamSettings", "ensure_bucket", "ensure_object_stream"]
+__all__ = [
+    "MAX_REPLICAS",
+    "PROVISION_WITHIN",
+    "StreamSettings",
+    "ensure_bucket",
+    "ensure_object_stream",
+    "provisioning",
+]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long provisioning waits out a cluster that cannot answer yet: a new cluster electing its
+# meta leader, a new replicated stream electing its own. Each takes seconds, under load longer
+# than one API request's timeout.
+PROVISION_WITHIN: Final = 60.0
+_RETRY_AFTER: Final = 0.5
 
 MAX_REPLICAS: Final = 5  # JetStream's own limit on a stream's (and a bucket's) replicas
 # Bumped when kubus changes how it lays out the stream; recorded in the stream's metadata.
@@ -75,6 +94,28 @@ _UPDATABLE = (
 )
 
 
+async def provisioning(
+    what: str, attempt: Callable[[], Awaitable[T]], *, within: float = PROVISION_WITHIN
+) -> T:
+    """``attempt()``, tried again while JetStream does not answer or says it is unavailable;
+    after ``within`` seconds a :class:`BusError` naming ``what``. An attempt must be idempotent:
+    a create that timed out may have happened."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await attempt()
+        except (NatsTimeoutError, ServiceUnavailableError) as error:
+            if time.monotonic() + _RETRY_AFTER >= deadline:
+                reason = getattr(error, "description", None) or "no answer"
+                raise BusError(
+                    f"NATS did not {what} within {within:g}s: {reason} (a cluster without a "
+                    "JetStream leader, or a request the server's permissions refuse, which "
+                    "its log names)"
+                ) from None
+            log.info("NATS did not %s yet (%s); trying again", what, type(error).__name__)
+            await asyncio.sleep(_RETRY_AFTER)
+
+
 async def ensure_object_stream(
     js: JetStreamContext,
     layout: BusLayout,
@@ -85,6 +126,19 @@ async def ensure_object_stream(
     """Create the stream, or check an existing one's layout and (``update``) bring its
     settings to ``settings``. Readers pass ``update=False``: the watcher owns the settings (a
     reconciler must not shrink a stream the watcher made with 3 replicas back to 1)."""
+    await provisioning(
+        f"provision stream {layout.object_stream}",
+        lambda: _ensure_object_stream(js, layout, settings, update=update),
+    )
+
+
+async def _ensure_object_stream(
+    js: JetStreamContext,
+    layout: BusLayout,
+    settings: StreamSettings | None,
+    *,
+    update: bool,
+) -> None:
     desired = object_stream_config(layout, settings or StreamSettings())
     try:
         info = await js.stream_info(layout.object_stream)
@@ -132,6 +186,15 @@ async def ensure_bucket(
 ) -> KeyValue:
     """A KV bucket with these settings; an existing one with other TTL/history is an error,
     one with another number of replicas is brought to ``replicas`` (NATS can, in place)."""
+    return await provisioning(
+        f"provision bucket {bucket}",
+        lambda: _ensure_bucket(js, bucket, ttl_seconds, history, replicas),
+    )
+
+
+async def _ensure_bucket(
+    js: JetStreamContext, bucket: str, ttl_seconds: float | None, history: int, replicas: int
+) -> KeyValue:
     try:
         kv = await js.key_value(bucket)
     except BucketNotFoundError:

@@ -162,3 +162,30 @@ def test_reader_replays_follows_and_gets_the_latest(stack_env: dict[str, str]) -
         assert [e.resource_version for e in followed] == ["200", "201"]
 
     with_jetstream(stack_env, scenario)
+
+
+def test_a_replay_whose_pending_messages_vanish_ends_with_what_it_read(
+    stack_env: dict[str, str],
+) -> None:
+    # The replay asks for as many messages as the consumer said were pending; those still to
+    # come may be deleted meanwhile (superseded, expired, purged). It must end, not wait for
+    # them forever: a partition whose replay never ends is never reconciled.
+    layout = layout_of_its_own(partitions=1)
+    objects = 1500  # more than one fetch takes, so the replay comes back for the rest
+
+    async def scenario(js: JetStreamContext) -> int:
+        await ensure_object_stream(js, layout)
+        for i in range(objects):
+            ref = ObjectRef(CONFIGMAPS, "shop", f"cm-{i}")
+            headers = {Header.EVENT: EventType.ADDED.value, Header.RESOURCE_VERSION: "1"}
+            await js.publish(layout.subject(ref), b"{}", headers=headers)
+        read = 0
+        async with asyncio.timeout(60):
+            async for _envelope in ObjectStreamReader(js, layout).replay(layout.object_subjects):
+                read += 1
+                if read == 1:
+                    await js.purge_stream(layout.object_stream)
+        return read
+
+    read = with_jetstream(stack_env, scenario)
+    assert 1 <= read < objects

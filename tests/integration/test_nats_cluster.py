@@ -336,6 +336,16 @@ def _provision_object_stream(cluster: NatsCluster) -> None:
     asyncio.run(run())
 
 
+def _trouble(pool: Pool, lines: int = 20) -> str:
+    """The last error and warning lines of each kubus process: what a failure report needs."""
+    found = []
+    for process in [pool.watcher, *pool.reconcilers]:
+        text = process.log.read_text(errors="replace") if process.log.exists() else ""
+        troubles = [line[:300] for line in text.splitlines() if line[:1] in ("E", "W")]
+        found.append(f"{process.log.name}: " + "\n".join(troubles[-lines:]))
+    return "\n".join(found)
+
+
 def test_a_node_killed_mid_rollout_loses_nothing_and_rejoins(
     cluster: NatsCluster, kube: Any, namespace: str, stack_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -423,11 +433,15 @@ def test_a_node_killed_mid_rollout_loses_nothing_and_rejoins(
         killed_at = time.monotonic()
         assert not complete(apps, namespace, "web"), "the kill came after the rollout"
 
-        web = wait_for(
-            lambda: complete(apps, namespace, "web"),
-            timeout=240,
-            what="web rolled out after the kill",
-        )
+        try:
+            web = wait_for(
+                lambda: complete(apps, namespace, "web"),
+                timeout=240,
+                what="web rolled out after the kill",
+            )
+        except AssertionError as failure:
+            status = apps.read_namespaced_deployment_status("web", namespace).status
+            raise AssertionError(f"{failure}; web's status {status}; {_trouble(pool)}") from None
         web_update = time.monotonic() - started
         completed_after_kill = time.monotonic() - killed_at
 

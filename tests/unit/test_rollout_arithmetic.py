@@ -283,3 +283,45 @@ def test_a_rollback_takes_the_template_without_its_hash_and_the_replicasets_anno
         "deployment.kubernetes.io/revision": "2",
         "deprecated.deployment.rollback.to": "1",
     }
+
+
+def _replicaset(name: str, image: str, version: str, created: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "uid": f"uid-{name}",
+            "resourceVersion": version,
+            "creationTimestamp": created,
+        },
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": "web", "pod-template-hash": name}},
+                "spec": {"containers": [{"name": "web", "image": image}]},
+            }
+        },
+    }
+
+
+def test_the_new_replicaset_is_the_oldest_matching_one_and_follows_template_edits() -> None:
+    d = {
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "web:2"}]},
+            }
+        }
+    }
+    old = _replicaset("web-a", "web:1", "10", "2026-11-22T10:00:00Z")
+    first = _replicaset("web-b", "web:2", "11", "2026-11-22T11:00:00Z")
+    second = _replicaset("web-c", "web:2", "12", "2026-11-22T12:00:00Z")
+    rs_list = [second, old, first]
+    assert (util.find_new_replicaset(d, rs_list) or {})["metadata"]["name"] == "web-b"
+    # Somebody edits web-b's template (a new resourceVersion): it no longer matches.
+    edited = copy.deepcopy(first)
+    edited["metadata"]["resourceVersion"] = "13"
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "web:3"
+    assert (util.find_new_replicaset(d, [second, old, edited]) or {})["metadata"]["name"] == "web-c"
+    # A ReplicaSet not stored yet (no uid) is compared as it is.
+    unsaved = _replicaset("web-d", "web:2", "", "2026-11-22T09:00:00Z")
+    assert (util.find_new_replicaset(d, [*rs_list, unsaved]) or {})["metadata"]["name"] == "web-d"
+    assert util.find_new_replicaset(d, [old]) is None

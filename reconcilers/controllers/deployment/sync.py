@@ -100,19 +100,19 @@ async def check_paused_conditions(ctx: Context, d: Object) -> None:
 async def new_and_old(
     ctx: Context, d: Object, rs_list: list[Object], *, create: bool
 ) -> tuple[Object | None, list[Object]]:
-    new_rs = util.find_new_replicaset(d, rs_list)
-    new_uid = new_rs["metadata"]["uid"] if new_rs else None
+    existing = util.find_new_replicaset(d, rs_list)
+    new_uid = existing["metadata"]["uid"] if existing else None
     old = [rs for rs in rs_list if rs["metadata"]["uid"] != new_uid]
-    return await get_new_replicaset(ctx, d, rs_list, old, create=create), old
+    return await get_new_replicaset(ctx, d, existing, old, create=create), old
 
 
 async def get_new_replicaset(
-    ctx: Context, d: Object, rs_list: list[Object], old: list[Object], *, create: bool
+    ctx: Context, d: Object, existing: Object | None, old: list[Object], *, create: bool
 ) -> Object | None:
-    existing = util.find_new_replicaset(d, rs_list)
+    """``existing``: the ReplicaSet find_new_replicaset found among the Deployment's, if any."""
     new_revision = str(util.max_revision(old) + 1)
     if existing is not None:
-        rs = clone(existing)
+        rs = _for_annotating(existing)
         updated = util.set_new_replicaset_annotations(d, rs, new_revision, exists=True)
         min_ready = d["spec"].get("minReadySeconds", 0)
         if updated or rs["spec"].get("minReadySeconds", 0) != min_ready:
@@ -384,6 +384,16 @@ async def is_scaling_event(ctx: Context, d: Object, rs_list: list[Object]) -> bo
         if desired is not None and desired.isdigit() and int(desired) != replicas(d):
             return True
     return False
+
+
+def _for_annotating(rs: Object) -> Object:
+    """A copy of ``rs`` whose annotations and spec may be changed: the rest is shared with the
+    cached object, and only read (a whole clone on every sync cost more than the rest of it)."""
+    meta = rs["metadata"]
+    copied = {**rs, "metadata": {**meta}, "spec": {**rs["spec"]}}
+    if meta.get("annotations") is not None:
+        copied["metadata"]["annotations"] = dict(meta["annotations"])
+    return copied
 
 
 async def put_replicaset(ctx: Context, rs: Object) -> Object:

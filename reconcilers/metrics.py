@@ -4,24 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-WORKQUEUE_DEPTH = Gauge("workqueue_depth", "Keys waiting in a work queue.", ["name"])
-WORKQUEUE_ADDS = Counter("workqueue_adds", "Keys added to a work queue.", ["name"])
+from kubus.fastmetrics import FastCounter, FastGauge, FastHistogram
+
+# Updated once or more per delivery or reconcile: the hot-path kind (see kubus.fastmetrics).
+WORKQUEUE_DEPTH = FastGauge("workqueue_depth", "Keys waiting in a work queue.", ["name"])
+WORKQUEUE_ADDS = FastCounter("workqueue_adds", "Keys added to a work queue.", ["name"])
 WORKQUEUE_RETRIES = Counter("workqueue_retries", "Rate-limited re-adds.", ["name"])
-WORKQUEUE_LATENCY = Histogram(
+WORKQUEUE_LATENCY = FastHistogram(
     "workqueue_queue_duration_seconds",
     "From a key becoming dirty to a worker taking it.",
+    (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     ["name"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-RECONCILE_DURATION = Histogram(
+RECONCILE_DURATION = FastHistogram(
     "kubus_reconciler_reconcile_duration_seconds",
     "Reconcile time per controller.",
+    (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     ["controller"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RECONCILE_ERRORS = Counter(
     "kubus_reconciler_reconcile_errors", "Reconciles that failed, per controller.", ["controller"]
@@ -62,11 +65,11 @@ REGISTRY.register(CACHED_OBJECTS)
 MEMBER = Gauge(
     "kubus_reconciler_member_info", "This process's member id in its pool.", ["member", "pool"]
 )
-EVENT_LATENCY = Histogram(
+EVENT_LATENCY = FastHistogram(
     "kubus_reconciler_event_latency_seconds",
     "From JetStream storing an object's new state to the start of the reconcile it causes.",
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     ["controller"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RECONCILE_DROPPED = Counter(
     "kubus_reconciler_reconcile_dropped",

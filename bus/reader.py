@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from nats.errors import Error as NatsError
@@ -33,9 +33,10 @@ class ObjectStreamReader:
         self._layout = layout
 
     async def replay(
-        self, filter_subject: str, *, headers_only: bool = False
+        self, filter_subject: str | Sequence[str], *, headers_only: bool = False
     ) -> AsyncIterator[Envelope]:
-        """Every object under ``filter_subject``, latest state each, in stream order.
+        """Every object under ``filter_subject`` (or any of several, which must not overlap),
+        latest state each, in stream order.
 
         With ``headers_only`` the payloads are left on the server: enough to learn what the
         bus holds (subjects, resourceVersions, tombstones) at a fraction of the cost.
@@ -68,7 +69,7 @@ class ObjectStreamReader:
 
     async def _consume(
         self,
-        filter_subject: str,
+        filter_subject: str | Sequence[str],
         policy: DeliverPolicy,
         *,
         start: int | None = None,
@@ -83,8 +84,11 @@ class ObjectStreamReader:
             inactive_threshold=60.0,
             mem_storage=True,
         )
+        filters = [filter_subject] if isinstance(filter_subject, str) else list(filter_subject)
+        if len(filters) > 1:
+            config.filter_subjects = filters
         subscription = await self._js.pull_subscribe(
-            filter_subject, stream=self._layout.object_stream, config=config
+            filters[0], stream=self._layout.object_stream, config=config
         )
         info = await subscription.consumer_info()
         try:

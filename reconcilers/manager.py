@@ -377,6 +377,18 @@ class Manager:
             bool(self._reads_everything) or ref.resource in self._reads
         )
 
+    def _partition_filters(self, partition: int) -> list[str]:
+        """The subjects of a partition this pool reads: one per namespaced kind its
+        controllers read, so that NATS never sends (nor waits for acks of) the rest; the whole
+        partition for a pool with a controller that reads everything."""
+        if self._reads_everything or not self._reads:
+            return [self._layout.partition_filter(partition)]
+        return [
+            self._layout.resource_filter(resource, partition)
+            for resource in sorted(self._reads)
+            if resource not in self._cluster_scoped
+        ] or [self._layout.partition_filter(partition)]
+
     async def _start_partition(self, partition: int) -> None:
         def make() -> PartitionRunner:
             assert self._js is not None
@@ -388,6 +400,7 @@ class Manager:
                 deliver=self._deliver,
                 replayed=self._replayed_partition,
                 wanted=self._wanted,
+                filters=self._partition_filters(partition),
             )
             runner.max_payload = self._max_payload
             return runner

@@ -65,7 +65,10 @@ class PartitionRunner:
         deliver: Delivery,
         replayed: Callable[[int, list[ObjectRef]], None],
         wanted: Callable[[ObjectRef], bool],
+        filters: list[str] | None = None,
     ) -> None:
+        """``filters``: the partition's subjects to read (non-overlapping), by default all of
+        them; ``wanted`` still decides what is delivered (a filter may hold more)."""
         self.partition = partition
         self.replayed = asyncio.Event()
         self._js = js
@@ -75,7 +78,7 @@ class PartitionRunner:
         self._wanted = wanted
         self._pool = pool
         self._durable = f"{pool}-p{partition:02d}"
-        self._filter = layout.partition_filter(partition)
+        self._filters = filters or [layout.partition_filter(partition)]
         self._stopped = False
         self.max_payload = 1024 * 1024
 
@@ -98,7 +101,7 @@ class PartitionRunner:
         reader = ObjectStreamReader(self._js, self._layout)
         last = 0
         refs: list[ObjectRef] = []
-        async for envelope in reader.replay(self._filter):
+        async for envelope in reader.replay(self._filters):
             last = max(last, envelope.sequence)
             ref = self._decode(envelope.subject)
             if ref is None or not self._wanted(ref):
@@ -149,7 +152,8 @@ class PartitionRunner:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=_ACK_WAIT,
             max_ack_pending=_MAX_ACK_PENDING,
-            filter_subject=self._filter,
+            filter_subject=self._filters[0] if len(self._filters) == 1 else None,
+            filter_subjects=self._filters if len(self._filters) > 1 else None,
             # Its state in memory: every owner recreates it after its replay anyway, and a
             # file-backed consumer rewrites a state file after acks (a quarter of the
             # server's CPU in a rolling update, measured with perf on the dev stack).

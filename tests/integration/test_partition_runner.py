@@ -173,3 +173,68 @@ def test_a_follower_holds_cluster_scoped_objects_of_every_partition_and_fails_lo
 
     with NatsServer(tmp_path / "nats", jetstream=True) as server:
         asyncio.run(scenario(server.url()))
+
+
+def test_a_runner_with_filters_is_sent_only_the_kinds_they_name(tmp_path: Path) -> None:
+    # A pool whose controllers read ConfigMaps must not be sent Secrets (nor wait on their
+    # acks): its consumer is filtered on the server, in the replay and after it.
+    secrets, pods = ResourceType("", "v1", "secrets"), ResourceType("", "v1", "pods")
+
+    async def scenario(url: str) -> None:
+        connection = await nats.connect(url)
+        js = connection.jetstream()
+        await ensure_object_stream(js, LAYOUT)
+        await ensure_dead_letter_stream(js, LAYOUT)
+        namespace = "shop"
+        partition = partition_of(namespace, "", LAYOUT.partitions)
+        delivered: list[tuple[ObjectRef, bool]] = []
+
+        def deliver(p: int, ref: ObjectRef, envelope: Envelope, message: Any) -> bool:
+            delivered.append((ref, message is None))  # (what, while replaying)
+            return False
+
+        before = [
+            ObjectRef(CONFIGMAPS, namespace, "cm-1"),
+            ObjectRef(secrets, namespace, "s-1"),
+            ObjectRef(pods, namespace, "pod-1"),
+        ]
+        filters = [LAYOUT.resource_filter(kind, partition) for kind in (CONFIGMAPS, pods)]
+        for rv, ref in enumerate(before, start=1):
+            await _publish(js, ref, _object(ref, rv), _headers(rv, ref.name))
+        runner = PartitionRunner(
+            partition=partition,
+            js=js,
+            layout=LAYOUT,
+            pool="default",
+            deliver=deliver,
+            replayed=lambda p, refs: None,
+            wanted=lambda ref: True,  # the filters alone keep the Secrets away
+            filters=filters,
+        )
+        task = asyncio.get_running_loop().create_task(runner.run())
+        try:
+            await wait_until(runner.replayed.is_set, within=10, what="replayed")
+            after = [ObjectRef(secrets, namespace, "s-2"), ObjectRef(CONFIGMAPS, namespace, "cm-2")]
+            for rv, ref in enumerate(after, start=4):
+                await _publish(js, ref, _object(ref, rv), _headers(rv, ref.name))
+            await wait_until(
+                lambda: any(ref.name == "cm-2" for ref, _ in delivered),
+                within=10,
+                what="cm-2 delivered",
+            )
+            assert [(ref.name, replaying) for ref, replaying in delivered] == [
+                ("cm-1", True),
+                ("pod-1", True),
+                ("cm-2", False),
+            ]
+            info = await js.consumer_info(LAYOUT.object_stream, f"default-p{partition:02d}")
+            assert info.config.filter_subjects == filters
+            assert (info.num_pending or 0) == 0  # the Secret after the replay is not pending
+        finally:
+            runner.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await connection.close()
+
+    with NatsServer(tmp_path / "nats", jetstream=True) as server:
+        asyncio.run(scenario(server.url()))

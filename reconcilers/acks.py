@@ -69,5 +69,16 @@ class AckTracker:
         for key in [key for key in self._waiting if matches(key[1])]:
             del self._waiting[key]
 
+    def release(self, matches: Callable[[Request], bool]) -> list[Acknowledgeable]:
+        """Count the requests that this process no longer serves as done (another process
+        makes them afresh from its own replay); the deliveries that waited only for them,
+        to be acknowledged now."""
+        settled = []
+        for key in [key for key in self._waiting if matches(key[1])]:
+            for entry in self._waiting.pop(key):
+                if entry.settle_one():
+                    settled.append(entry.message)
+        return settled
+
     def __len__(self) -> int:
         return len(self._waiting)

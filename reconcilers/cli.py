@@ -47,6 +47,7 @@ from reconcilers.registry import (
     declared_controllers,
     select_controllers,
 )
+from reconcilers.shards import MAX_SHARDS
 
 if TYPE_CHECKING:
     from kubus.serving import BindAddress
@@ -190,6 +191,14 @@ FLAGS: Final[tuple[_Flag, ...]] = (
         "N",
     ),
     _Flag(
+        "partition-shards",
+        whole_number(minimum=1, maximum=MAX_SHARDS),
+        "split each partition's keys into N shards leased apart, so that one busy namespace "
+        "is served by up to N processes (each caches the partitions it has a shard of); every "
+        "member of a pool must use the same N (default 1)",
+        "N",
+    ),
+    _Flag(
         "stream-replicas",
         whole_number(minimum=1, maximum=MAX_REPLICAS),
         "JetStream replicas of the pool's KV buckets and of the dead-letter stream (and of the "
@@ -321,6 +330,7 @@ _DEFAULTS: Final[dict[str, Any]] = {
     "kube_api_burst": 30,
     "bus_prefix": "kubus",
     "partitions": DEFAULT_PARTITIONS,
+    "partition_shards": 1,
     "stream_replicas": 1,
     "partition_lease_duration": 10.0,
     "partition_renew_deadline": 7.0,
@@ -504,6 +514,7 @@ def _manager_config(values: dict[str, Any]) -> tuple[ManagerConfig, Outside]:
         pool=values["pool"],
         controllers=controllers,
         layout=BusLayout(prefix=values["bus_prefix"], partitions=values["partitions"]),
+        partition_shards=values["partition_shards"],
         kubeconfig=kubeconfig,
         concurrency=concurrency,
         kube_api_qps=values["kube_api_qps"],

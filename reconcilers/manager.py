@@ -26,7 +26,7 @@ import socket
 import ssl
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Container, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,7 +43,7 @@ from bus.envelope import Envelope
 from bus.errors import BusError
 from bus.layout import BusLayout
 from bus.streams import StreamSettings, ensure_bucket, ensure_object_stream
-from bus.subjects import ObjectRef, ResourceType, partition_of
+from bus.subjects import ObjectRef, ResourceType
 from kubus.kube import ApiResource, KubeClient, load_kube_config
 from kubus.serving import BindAddress, ProbeServer
 from kubus.telemetry import setup_tracing, shutdown_tracing
@@ -54,8 +54,9 @@ from reconcilers.controller import EVERY_RESOURCE, Context, Controller, NotStart
 from reconcilers.events import EventRecorder
 from reconcilers.follower import StreamFollower
 from reconcilers.leader import LeaderElection
-from reconcilers.ownership import LeaseTiming, PartitionOwnership
+from reconcilers.ownership import LeaseTiming, PartitionOwnership, ShardingMismatch
 from reconcilers.partition import PartitionRunner
+from reconcilers.shards import Sharding
 from reconcilers.supervisor import Supervised, stop_task
 from reconcilers.worker import InFlight, Worker
 from reconcilers.workqueue import WorkQueue
@@ -76,6 +77,8 @@ class ManagerConfig:
     pool: str
     controllers: tuple[type[Controller], ...]
     layout: BusLayout = field(default_factory=BusLayout)
+    # --partition-shards: each partition's keys split into this many separately leased units.
+    partition_shards: int = 1
     kubeconfig: Path | None = None
     concurrency: dict[str, int] = field(default_factory=dict)
     kube_api_qps: float = 20.0
@@ -121,7 +124,9 @@ class Manager:
         self._cache = ObjectCache()
         self._acks = AckTracker()
         self._in_flight = InFlight()
-        self._partitions: dict[int, _Running] = {}
+        self._sharding = Sharding(config.layout.partitions, config.partition_shards)
+        self._units: set[int] = set()  # the units (partition shards) this process works on
+        self._partitions: dict[int, _Running] = {}  # runners of the partitions those are in
         self._controllers: dict[str, Controller] = {}
         self._queues: dict[str, WorkQueue[Request]] = {}
         # Partitioned controllers by the resources they read (from the shared cache).
@@ -185,10 +190,15 @@ class Manager:
                     members=members,
                     leases=leases,
                     partitions=self._layout.partitions,
+                    shards=self._sharding.shards,
                     timing=config.timing,
-                    on_acquired=self._start_partition,
-                    on_lost=self._stop_partition,
+                    on_acquired=self._start_unit,
+                    on_lost=self._stop_unit,
                 )
+                try:
+                    await self._ownership.join()
+                except ShardingMismatch as mismatch:
+                    raise ManagerError(f"pool {config.pool}: {mismatch}") from None
                 if self._globals:
                     self._election = LeaderElection(
                         member=config.member,
@@ -331,8 +341,8 @@ class Manager:
             return leading
 
         def owned(request: Request) -> Hashable | None:
-            partition = _partition(request, self._layout)
-            return partition if partition in self._partitions else None
+            unit = self._unit(request)
+            return unit if unit in self._units else None
 
         return owned
 
@@ -389,6 +399,42 @@ class Manager:
             if resource not in self._cluster_scoped
         ] or [self._layout.partition_filter(partition)]
 
+    async def _start_unit(self, unit: int) -> None:
+        """Work on a unit: the runner of its partition started, or, when one already runs
+        for another unit of the partition here, the unit's requests made from the cache."""
+        self._units.add(unit)
+        partition = self._sharding.partition(unit)
+        running = self._partitions.get(partition)
+        if running is None:
+            await self._start_partition(partition)
+        elif _replayed(running):
+            self._request_partition(partition, self._cache.refs(partition), only={unit})
+        # else the runner's replay, when it ends, makes the requests of every unit held then
+
+    async def _stop_unit(self, unit: int) -> None:
+        """Stop work on a unit, and on its partition if no other unit of it is held here."""
+        self._units.discard(unit)  # from now on no reconcile of it starts
+        partition = self._sharding.partition(unit)
+        if not any(u in self._units for u in self._sharding.units_of(partition)):
+            await self._stop_partition(unit)
+            return
+
+        def in_unit(request: Request) -> bool:
+            return self._unit(request) == unit
+
+        # The partition is still followed here: deliveries that waited only for this unit's
+        # requests are acknowledged (its next holder makes them from its own replay). At
+        # once, before a worker can drop them as no longer its own.
+        settled = self._acks.release(in_unit)
+        for message in settled:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await message.ack()
+        if not await self._idle(unit):
+            log.error("%s: in-flight reconciles did not finish in time", self._describe(unit))
+        for name, controller in self._controllers.items():
+            if name not in self._globals:
+                controller.forget(in_unit)
+
     async def _start_partition(self, partition: int) -> None:
         def make() -> PartitionRunner:
             assert self._js is not None
@@ -401,13 +447,15 @@ class Manager:
                 replayed=self._replayed_partition,
                 wanted=self._wanted,
                 filters=self._partition_filters(partition),
+                # Shared with the holders of the partition's other shards: a consumer each.
+                reader=self._config.member if self._sharding.shards > 1 else None,
             )
             runner.max_payload = self._max_payload
             return runner
 
         async def restarted() -> None:
             # The new runner recreates the consumer: deliveries of the old one are void.
-            self._acks.forget(lambda request: _partition(request, self._layout) == partition)
+            self._acks.forget(lambda request: self._partition_of(request) == partition)
 
         work = Supervised(f"partition {partition}", make, on_restart=restarted)
         self._partitions[partition] = _Running(
@@ -415,16 +463,18 @@ class Manager:
         )
         metrics.PARTITIONS_OWNED.set(len(self._partitions))
 
-    async def _stop_partition(self, partition: int) -> None:
-        running = self._partitions.pop(partition, None)  # from now on no reconcile starts for it
+    async def _stop_partition(self, unit: int) -> None:
+        """Stop the partition's runner after its last unit held here (``unit``) was let go."""
+        partition = self._sharding.partition(unit)
+        running = self._partitions.pop(partition, None)
         if running is not None:
             await stop_task(*running)
-        if not await self._idle(partition):
-            log.error("partition %d: in-flight reconciles did not finish in time", partition)
+        if not await self._idle(unit):
+            log.error("%s: in-flight reconciles did not finish in time", self._describe(unit))
         self._cache.drop_partition(partition)
 
         def in_partition(request: Request) -> bool:
-            return _partition(request, self._layout) == partition
+            return self._partition_of(request) == partition
 
         self._acks.forget(in_partition)
         # Per-key controller state (expectations) of a partition may be stale by the time it
@@ -464,14 +514,25 @@ class Manager:
         return True
 
     def _replayed_partition(self, partition: int, refs: list[ObjectRef]) -> None:
-        self._replayed_refs(refs)
+        self._request_partition(partition, refs, only=self._units)
+
+    def _request_partition(
+        self, partition: int, refs: Iterable[ObjectRef], *, only: Container[int]
+    ) -> None:
+        """The requests of a partition's objects, as after an informer's initial list, for
+        the units in ``only``."""
+        for ref in refs:
+            current = self._cache.get(ref.resource, ref.namespace, ref.name)
+            if current is not None:
+                self._enqueue(ref, current, None, only=only)
         # Cluster-scoped objects make requests for namespaced work too (a Namespace: its
         # `default` ServiceAccount): those of this partition, dropped while another process
         # owned it (or before any was owned), are made now.
+        mine = [unit for unit in self._sharding.units_of(partition) if unit in only]
         for ref in self._cache.refs(CLUSTER):
             current = self._cache.get(ref.resource, ref.namespace, ref.name)
             if current is not None:
-                self._enqueue(ref, current, None, only=partition)
+                self._enqueue(ref, current, None, only=mine)
 
     def _enqueue(
         self,
@@ -480,10 +541,10 @@ class Manager:
         previous: dict[str, Any] | None,
         *,
         backoff: bool = False,
-        only: int | None = None,
+        only: Container[int] | None = None,
     ) -> list[WorkKey]:
         """Requests of the partitioned controllers reading ``ref``'s kind; those of other
-        processes' partitions are left to them (and, with ``only``, those of the others)."""
+        processes' units are left to them (and, with ``only``, those of units not in it)."""
         keys: list[WorkKey] = []
         names = self._reads.get(ref.resource, [])
         if self._reads_everything:
@@ -491,8 +552,8 @@ class Manager:
         for name in names:
             queue = self._queues[name]
             for request in self._controllers[name].requests_for(ref.resource, current, previous):
-                partition = _partition(request, self._layout)
-                if partition not in self._partitions or only not in (None, partition):
+                unit = self._unit(request)
+                if unit not in self._units or (only is not None and unit not in only):
                     continue
                 if backoff:
                     queue.add_rate_limited(request)
@@ -570,11 +631,22 @@ class Manager:
             metrics.WORKQUEUE_ADDS.labels(name).inc()
         metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
 
+    def _unit(self, request: Request) -> int:
+        return self._sharding.unit_of(request.namespace, request.name)
+
+    def _partition_of(self, request: Request) -> int:
+        return self._sharding.partition(self._unit(request))
+
+    def _describe(self, unit: int) -> str:
+        return self._sharding.describe(unit)
+
     # --- probes and metrics ---------------------------------------------------------------
 
     def _readiness(self) -> str | None:
         if self._cluster is None or not _replayed(self._cluster):
             return "cluster-scoped cache not replayed yet"
+        if self._ownership is not None and self._ownership.misconfigured is not None:
+            return self._ownership.misconfigured
         if self._ownership is None or not self._ownership.live_members:
             return "partition ownership not settled yet"
         if self._election is not None and not self._election.settled:
@@ -625,10 +697,6 @@ def _gate_defaults(controllers: Iterable[type[Controller]]) -> dict[str, bool]:
     for controller in controllers:
         defaults.update(controller.feature_gates)
     return defaults
-
-
-def _partition(request: Request, layout: BusLayout) -> int:
-    return partition_of(request.namespace, request.name, layout.partitions)
 
 
 async def _connect(

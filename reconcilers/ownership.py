@@ -26,6 +26,9 @@ that gives the lease up at the renew deadline, before its TTL can expire), so th
 never starts while this one still works on the partition. A partition whose work is being
 stopped (handed back, fenced or taken over) is not claimed again until the stop has finished.
 Writes still carry resourceVersion preconditions, so even a brief overlap is harmless.
+
+With ``shards`` above 1 (``--partition-shards``) all of this is per unit, a partition's shard
+of keys (:mod:`reconcilers.shards`), and "partition" above reads "unit".
 """
 
 from __future__ import annotations
@@ -33,33 +36,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from nats.errors import Error as NatsError
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from reconcilers.lease import Lease, LeaseTiming, Renewal
+from reconcilers.shards import Sharding, rank
 
-__all__ = ["LeaseTiming", "PartitionOwnership", "rendezvous_owner"]
+__all__ = ["LeaseTiming", "PartitionOwnership", "ShardingMismatch", "rendezvous_owner"]
 
 log = logging.getLogger(__name__)
+
+# In the members bucket, beside the members' heartbeats: the pool's --partition-shards. Members
+# that split partitions differently would lease the same keys under different lease names.
+SHARDING_KEY = "pool.partition-shards"
+
+
+class ShardingMismatch(Exception):
+    """This process's ``--partition-shards`` is not the pool's."""
+
 
 Callback = Callable[[int], Coroutine[Any, Any, None]]
 
 
 def rendezvous_owner(partition: int, members: Iterable[str]) -> str | None:
     """The member with the highest score for this partition (highest random weight)."""
-    best: tuple[bytes, str] | None = None
-    for member in members:
-        score = hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest()
-        if best is None or score > best[0]:
-            best = (score, member)
-    return None if best is None else best[1]
+    ranked = rank(partition, members)
+    return ranked[0] if ranked else None
 
 
 class PartitionOwnership:
@@ -73,22 +81,25 @@ class PartitionOwnership:
         timing: LeaseTiming,
         on_acquired: Callback,
         on_lost: Callback,
+        shards: int = 1,
     ) -> None:
+        """``on_acquired`` and ``on_lost`` get a unit of :class:`Sharding` (the partition
+        itself when ``shards`` is 1)."""
         self.member = member
         self._members = members
-        self._partitions = partitions
+        self._sharding = Sharding(partitions, shards)
         self._timing = timing
         self._on_acquired = on_acquired
         self._on_lost = on_lost
         self._leases = {
-            partition: Lease(
+            unit: Lease(
                 leases,
-                _lease_key(partition),
+                self._sharding.lease_key(unit),
                 holder=member,
                 timing=timing,
-                on_fenced=functools.partial(self._fence, partition),
+                on_fenced=functools.partial(self._fence, unit),
             )
-            for partition in range(partitions)
+            for unit in range(self._sharding.units)
         }
         self._held: set[int] = set()  # leased and worked on
         self._stopping: set[int] = set()  # work being stopped: not claimed again until it has
@@ -98,6 +109,29 @@ class PartitionOwnership:
         self._wanted: frozenset[int] = frozenset()  # the share computed in the last round
         self._wake = asyncio.Event()  # the pool changed: round now
         self._leases_bucket = leases
+        self.misconfigured: str | None = None  # why this member takes no work, if it must not
+
+    async def join(self) -> None:
+        """Check, before any lease is taken, that the pool splits partitions as this process
+        does; raises :class:`ShardingMismatch` naming both counts if it does not."""
+        shards = str(self._sharding.shards).encode()
+        try:
+            await self._members.create(SHARDING_KEY, shards)
+        except KeyWrongLastSequenceError:
+            await self._check_sharding(shards)
+
+    async def _check_sharding(self, shards: bytes) -> None:
+        try:
+            entry = await self._members.get(SHARDING_KEY)
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value and entry.value != shards:
+            raise ShardingMismatch(
+                f"the members of this pool run with --partition-shards "
+                f"{entry.value.decode(errors='replace')}, this process with "
+                f"{shards.decode()}: every member of a pool must split partitions alike"
+            )
+        await self._members.put(SHARDING_KEY, shards)  # kept alive past the bucket's TTL
 
     def stop_acquiring(self) -> None:
         """From now on only renew: a process draining for shutdown must not start work on
@@ -149,6 +183,8 @@ class PartitionOwnership:
             await asyncio.sleep(self._timing.retry_period)
 
     def _member_seen(self, key: str, deleted: bool) -> None:
+        if not key.startswith("m."):
+            return  # the pool's settings, not a member
         member = key.removeprefix("m.")
         if member == self.member or not self.live_members:
             return  # its own heartbeat, or before the first round (which is next anyway)
@@ -156,9 +192,9 @@ class PartitionOwnership:
             self._wake.set()  # a member left or joined: the shares change
 
     def _lease_seen(self, key: str, deleted: bool) -> None:
-        if not deleted or not key.startswith("p") or not key[1:].isdigit():
+        partition = self._sharding.unit_of_lease_key(key) if deleted else None
+        if partition is None:
             return
-        partition = int(key[1:])
         if partition in self._wanted and partition not in self._held | self._stopping:
             self._wake.set()  # handed back by its old owner: claim it now
 
@@ -174,8 +210,22 @@ class PartitionOwnership:
             await self._members.delete(self._member_key)
 
     async def _round(self) -> None:
+        if self.misconfigured is not None:
+            return
         try:
             await self._members.put(self._member_key, str(time.time()).encode())
+            await self._check_sharding(str(self._sharding.shards).encode())
+        except ShardingMismatch as mismatch:
+            # Another member started meanwhile with another split (a start-up race, or the
+            # setting expired while this process was cut off): stop, and say why.
+            self.misconfigured = str(mismatch)
+            log.error("%s; stopping work on every partition", mismatch)
+            await self.release_all()
+            return
+        except (NatsError, TimeoutError) as error:
+            log.warning("cannot reach the members bucket: %s", error)
+            return
+        try:
             try:
                 keys = await self._members.keys()
             except NoKeysError:
@@ -196,12 +246,13 @@ class PartitionOwnership:
             self._wake.set()
             return
         members = live
-        wanted = {p for p in range(self._partitions) if rendezvous_owner(p, members) == self.member}
+        wanted = self._sharding.share(self.member, members)
         if live != self.live_members:
             log.info(
-                "pool members now %s: this member should own %d partitions",
+                "pool members now %s: this member should own %d %s",
                 ", ".join(live),
                 len(wanted),
+                "partitions" if self._sharding.shards == 1 else "partition shards",
                 extra={"members": live, "wanted": sorted(wanted)},
             )
         self.live_members = live
@@ -225,8 +276,8 @@ class PartitionOwnership:
             return
         self._held.discard(partition)
         log.error(
-            "partition %d: lease not renewed within %.0fs; stopping work on it",
-            partition,
+            "%s: lease not renewed within %.0fs; stopping work on it",
+            self._sharding.describe(partition),
             self._timing.renew_deadline,
         )
         self._stopping.add(partition)
@@ -246,7 +297,7 @@ class PartitionOwnership:
         if not await self._leases[partition].acquire():
             return  # held by another member until it releases or its lease expires
         self._held.add(partition)
-        log.info("partition %d: acquired", partition)
+        log.info("%s: acquired", self._sharding.describe(partition))
         await self._on_acquired(partition)
 
     async def _renew(self, partition: int) -> None:
@@ -254,7 +305,7 @@ class PartitionOwnership:
             return  # renewed, fenced meanwhile (that stopped the work), or not reachable yet
         if partition not in self._held:
             return
-        log.error("partition %d: lease taken over; stopping work on it", partition)
+        log.error("%s: lease taken over; stopping work on it", self._sharding.describe(partition))
         self._held.discard(partition)
         self._stopping.add(partition)
         await self._stop_work(partition)
@@ -269,14 +320,10 @@ class PartitionOwnership:
         """Stop the work (the lease keeps others off meanwhile), then delete the lease."""
         try:
             await self._leases[partition].release(functools.partial(self._on_lost, partition))
-            log.info("partition %d: released", partition)
+            log.info("%s: released", self._sharding.describe(partition))
         finally:
             self._stopping.discard(partition)
 
     @property
     def _member_key(self) -> str:
         return f"m.{self.member}"
-
-
-def _lease_key(partition: int) -> str:
-    return f"p{partition:03d}"

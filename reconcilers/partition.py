@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Final
@@ -48,6 +49,8 @@ _ACK_WAIT: Final = 300.0
 _MAX_ACK_PENDING: Final = 2000
 MAX_DELIVERIES: Final = 5  # a message that fails this often goes to the dead-letter stream
 _REDELIVERY_DELAY: Final = 0.5  # doubled at each failed delivery
+_SHARED_INACTIVE: Final = 300.0  # seconds unused before a shared partition's consumer goes
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")  # what a consumer name cannot hold
 
 # (partition, object, its envelope, its message or None when replayed) -> whether the message
 # is acknowledged later (after the reconciles it causes) rather than at once
@@ -66,9 +69,14 @@ class PartitionRunner:
         replayed: Callable[[int, list[ObjectRef]], None],
         wanted: Callable[[ObjectRef], bool],
         filters: list[str] | None = None,
+        reader: str | None = None,
     ) -> None:
         """``filters``: the partition's subjects to read (non-overlapping), by default all of
-        them; ``wanted`` still decides what is delivered (a filter may hold more)."""
+        them; ``wanted`` still decides what is delivered (a filter may hold more).
+
+        ``reader``: the member, when the partition is shared by the holders of its shards;
+        each then reads it through a consumer of its own, which the server removes once
+        unused for ``_SHARED_INACTIVE`` (its member gone)."""
         self.partition = partition
         self.replayed = asyncio.Event()
         self._js = js
@@ -78,6 +86,9 @@ class PartitionRunner:
         self._wanted = wanted
         self._pool = pool
         self._durable = f"{pool}-p{partition:02d}"
+        self._shared = reader is not None
+        if reader is not None:
+            self._durable += "-" + _UNSAFE.sub("_", reader)
         self._filters = filters or [layout.partition_filter(partition)]
         self._stopped = False
         self.max_payload = 1024 * 1024
@@ -158,6 +169,7 @@ class PartitionRunner:
             # file-backed consumer rewrites a state file after acks (a quarter of the
             # server's CPU in a rolling update, measured with perf on the dev stack).
             mem_storage=True,
+            inactive_threshold=_SHARED_INACTIVE if self._shared else None,
         )
         await self._js.add_consumer(self._layout.object_stream, config)
         deliveries = PullStream(

@@ -38,7 +38,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) ->
         "--contenders",
         type=_contenders,
         default=_contenders(DEFAULT_CONTENDERS),
-        help=f"comma-separated (default {DEFAULT_CONTENDERS}); kubus-P for any P",
+        help=f"comma-separated (default {DEFAULT_CONTENDERS}); kubus-P for any P, "
+        "kubus-PsK for P processes with --partition-shards K",
     )
     parser.add_argument(
         "--namespaces",

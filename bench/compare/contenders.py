@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 import tempfile
 import time
@@ -33,6 +34,7 @@ from bench.support import (
 )
 from kubus.devstack import Binaries, default_cache_dir
 from kubus.devstack.process import tail
+from reconcilers.shards import MAX_SHARDS
 
 __all__ = ["CEILING", "KCM", "Contender", "Limits", "Running", "contender_named", "kubus"]
 
@@ -75,6 +77,8 @@ class Contender:
     name: str
     # Reconciler processes for kubus, 0 for the others.
     reconcilers: int = 0
+    # Their --partition-shards (kubus-PsK): each partition's keys split over K processes.
+    shards: int = 1
 
     @property
     def is_ceiling(self) -> bool:
@@ -108,6 +112,7 @@ class Contender:
                     f"--controllers={CONTROLLERS}",
                     f"--kube-api-qps={limits.kube_api_qps:g}",
                     f"--kube-api-burst={limits.kube_api_burst}",
+                    f"--partition-shards={self.shards}",
                     log_dir=log_dir,
                 )
                 for index in range(self.reconcilers)
@@ -137,19 +142,25 @@ class Contender:
             stop_processes(started)
 
 
-def kubus(processes: int) -> Contender:
-    return Contender(f"kubus-{processes}", reconcilers=processes)
+def kubus(processes: int, shards: int = 1) -> Contender:
+    name = f"kubus-{processes}" if shards == 1 else f"kubus-{processes}s{shards}"
+    return Contender(name, reconcilers=processes, shards=shards)
+
+
+_KUBUS = re.compile(r"^kubus-([1-9][0-9]*)(?:s([1-9][0-9]*))?$")
 
 
 def contender_named(name: str) -> Contender:
-    """``kube-controller-manager``, ``ceiling`` or ``kubus-P``; ValueError otherwise."""
+    """``kube-controller-manager``, ``ceiling``, ``kubus-P`` or ``kubus-PsK`` (P processes,
+    ``--partition-shards K``); ValueError otherwise."""
     if name in (KCM, CEILING):
         return Contender(name)
-    prefix, _, count = name.partition("-")
-    if prefix == "kubus" and count.isdigit() and int(count) > 0:
-        return kubus(int(count))
+    match = _KUBUS.match(name)
+    if match is not None and int(match[2] or 1) <= MAX_SHARDS:
+        return kubus(int(match[1]), int(match[2] or 1))
     raise ValueError(
-        f"unknown contender {name!r} (known: {KCM}, kubus-P such as kubus-2, {CEILING})"
+        f"unknown contender {name!r} (known: {KCM}, kubus-P such as kubus-2, kubus-PsK such "
+        f"as kubus-4s4 for --partition-shards K up to {MAX_SHARDS}, {CEILING})"
     )
 
 

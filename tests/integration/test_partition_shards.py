@@ -121,6 +121,7 @@ def test_a_process_with_another_shard_count_is_refused_by_the_pool_in_one_line(
                 "--health-probe-bind-address=0",
                 "--metrics-bind-address=0",
             ],
+            check=False,
             capture_output=True,
             text=True,
             timeout=60,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.compare.contenders import KCM
+from bench.compare.contenders import KCM, contender_named
 from bench.support import BucketBound, atomic_file, write_atomically
 
 __all__ = ["NOTES", "Reports", "goals", "markdown", "write_reports"]
@@ -202,9 +202,11 @@ def goals(contenders: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The issue's goals, judged on this run's figures (met / not met / not measured)."""
     by_name = {c["name"]: c for c in contenders}
     kcm = by_name.get(KCM)
+    # Pools of plain partitions, by size (kubus-PsK contenders are judged apart: their
+    # processes share partitions, so their caches are not meant to fall as 1/P).
     kubus = sorted(
-        (c for c in contenders if c["name"].startswith("kubus-")),
-        key=lambda c: int(c["name"].split("-")[1]),
+        (c for c in contenders if _processes(c["name"])[1] == 1),
+        key=lambda c: _processes(c["name"])[0],
     )
     found: list[dict[str, str]] = []
 
@@ -241,9 +243,7 @@ def goals(contenders: list[dict[str, Any]]) -> list[dict[str, str]]:
         create = contender["phases"].get("create") or {}
         per_process = create.get("cached_objects_per_process")
         if per_process:
-            cached.append(
-                (int(contender["name"].split("-")[1]), sum(per_process) / len(per_process))
-            )
+            cached.append((_processes(contender["name"])[0], sum(per_process) / len(per_process)))
     met_cache: bool | None = None
     if len(cached) > 1:
         one = cached[0][1] * cached[0][0]
@@ -269,6 +269,21 @@ def goals(contenders: list[dict[str, Any]]) -> list[dict[str, str]]:
             met_scale,
             ", ".join(f"{name} {_fmt(t)} s" for name, t in times),
         )
+    one = _total(by_name.get("kubus-1"), "phases_one_namespace", "seconds")
+    spread_out = [
+        (c["name"], _total(c, "phases_one_namespace", "seconds"))
+        for c in contenders
+        if _processes(c["name"])[0] >= 4
+    ]
+    ratios = [(name, t / one) for name, t in spread_out if t is not None and one]
+    judge(
+        "a hot namespace scales out: some kubus-P with P >= 4 takes <= 0.5x kubus-1's time "
+        "(one-namespace, create+update+delete)",
+        None if not ratios else min(ratio for _name, ratio in ratios) <= 0.5,
+        f"kubus-1 {_fmt(one)} s; "
+        + (", ".join(f"{name} {_fmt(t)} s" for name, t in spread_out) or "-")
+        + "".join(f"; {name} {ratio:.2f}x" for name, ratio in ratios),
+    )
     ceiling = by_name.get("ceiling")
     best = max((c["phases"]["create"]["pods_per_s"] for c in kubus if c["ok"]), default=None)
     top = ceiling["phases"]["create"]["pods_per_s"] if ceiling and ceiling["ok"] else None
@@ -280,6 +295,15 @@ def goals(contenders: list[dict[str, Any]]) -> list[dict[str, str]]:
         + (f" ({100 * best / top:.0f}%)" if best is not None and top else ""),
     )
     return found
+
+
+def _processes(name: str) -> tuple[int, int]:
+    """(processes, partition shards) of a kubus contender's name, (0, 0) for the others."""
+    try:
+        contender = contender_named(name)
+    except ValueError:
+        return 0, 0
+    return (contender.reconcilers, contender.shards) if contender.is_kubus else (0, 0)
 
 
 def chart(path: Path, results: dict[str, Any]) -> None:

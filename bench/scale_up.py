@@ -22,6 +22,7 @@ Then it stops, the pool of two settles again, and the next run starts. Every pro
 JSON; times come from the log lines' timestamps (same clock) and from polls every 50 ms.
 
 Run: ``python -m bench.scale_up [--pods 10000] [--nodes 100] [--runs 3] [--out FILE]``.
+``kubus bench`` runs the same :func:`measure` after its contenders (bench/compare/scaleup.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,6 +403,80 @@ def print_table(summary: dict[str, Any], runs: int) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one scale-up benchmark measures: its stack, its pods and how many joins."""
+
+    pods: int = 10_000
+    nodes: int = 100
+    namespaces: int = 100
+    runs: int = 3
+    # py-spy each joining reconciler into DIR/joiner-N.txt (see join_once).
+    profile: Path | None = None
+
+
+def measure(
+    plan: Plan,
+    *,
+    log_dir: Path,
+    progress: Callable[[str], None],
+    ended_run: Callable[[list[dict[str, Any]]], None] = lambda _runs: None,
+) -> dict[str, Any]:
+    """The whole benchmark on a fresh stack of its own: its result, as ``--out`` holds it.
+
+    ``progress`` gets one line per step; ``ended_run`` the runs so far as each one ends, so
+    that a caller can keep what was measured when a later run fails (which raises here).
+    """
+    partitions = DEFAULT_PARTITIONS
+    prefix = "b" + uuid.uuid4().hex[:8]
+    common = [f"--bus-prefix={prefix}", "--logging-format=json"]
+    runs: list[dict[str, Any]] = []
+    with fresh_stack(plan.nodes) as stack:
+        env = stack.env
+        with (
+            watcher_process(env, f"--bus-prefix={prefix}"),
+            reconciler_processes(env, 2, *common, log_dir=log_dir) as pool,
+        ):
+            created = asyncio.run(create_pods(env, plan.pods, plan.namespaces))
+            progress(f"{plan.pods} pods Ready in {created:.0f}s")
+            waited = wait_settled(pool, partitions, plan.pods, "after creating the pods")
+            progress(f"pool of 2 settled {waited:.1f}s later")
+            for run in range(plan.runs):
+                result = join_once(
+                    env,
+                    pool,
+                    common,
+                    run=run,
+                    log_dir=log_dir,
+                    partitions=partitions,
+                    profile=plan.profile,
+                )
+                runs.append(result)
+                ended_run(runs)
+                times = result["seconds_from_exec"]
+                progress(
+                    f"run {run + 1}: {result['partitions']} partitions, "
+                    f"{result['objects_replayed']} objects; ready {times['polled_ready']}s, "
+                    f"share replayed {times['share_replayed']}s, caught up "
+                    f"{times['polled_share_caught_up']}s from exec"
+                )
+                if run + 1 < plan.runs:  # the next run joins the pool of 2 settled again
+                    wait_settled(pool, partitions, plan.pods, f"after run {run + 1}")
+    return {
+        "benchmark": "scale_up",
+        "machine": machine(),
+        "pods": plan.pods,
+        "nodes": plan.nodes,
+        "namespaces": plan.namespaces,
+        "pool": 2,
+        "controllers": "default (every implemented controller)",
+        "pods_ready_seconds": round(created, 1),
+        "profiled": plan.profile is not None,
+        "summary": summarize(runs),
+        "runs": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--pods", type=int, default=10_000)
@@ -412,57 +488,14 @@ def main() -> None:
         "--profile", type=Path, help="py-spy each joining reconciler into DIR/joiner-N.txt"
     )
     options = parser.parse_args()
-    partitions = DEFAULT_PARTITIONS
-    prefix = "b" + uuid.uuid4().hex[:8]
-    common = [f"--bus-prefix={prefix}", "--logging-format=json"]
     log_dir = Path(tempfile.mkdtemp(prefix="kubus-bench-scale-up-"))
     print(f"logs in {log_dir}", flush=True)
-    runs: list[dict[str, Any]] = []
-    with fresh_stack(options.nodes) as stack:
-        env = stack.env
-        with (
-            watcher_process(env, f"--bus-prefix={prefix}"),
-            reconciler_processes(env, 2, *common, log_dir=log_dir) as pool,
-        ):
-            created = asyncio.run(create_pods(env, options.pods, options.namespaces))
-            print(f"{options.pods} pods Ready in {created:.0f}s", flush=True)
-            waited = wait_settled(pool, partitions, options.pods, "after creating the pods")
-            print(f"pool of 2 settled {waited:.1f}s later", flush=True)
-            for run in range(options.runs):
-                result = join_once(
-                    env,
-                    pool,
-                    common,
-                    run=run,
-                    log_dir=log_dir,
-                    partitions=partitions,
-                    profile=options.profile,
-                )
-                runs.append(result)
-                times = result["seconds_from_exec"]
-                print(
-                    f"run {run + 1}: {result['partitions']} partitions, "
-                    f"{result['objects_replayed']} objects; ready {times['polled_ready']}s, "
-                    f"share replayed {times['share_replayed']}s, caught up "
-                    f"{times['polled_share_caught_up']}s from exec",
-                    flush=True,
-                )
-                wait_settled(pool, partitions, options.pods, f"after run {run + 1}")
-    summary = summarize(runs)
-    print_table(summary, len(runs))
-    result = {
-        "benchmark": "scale_up",
-        "machine": machine(),
-        "pods": options.pods,
-        "nodes": options.nodes,
-        "namespaces": options.namespaces,
-        "pool": 2,
-        "controllers": "default (every implemented controller)",
-        "pods_ready_seconds": round(created, 1),
-        "profiled": options.profile is not None,
-        "summary": summary,
-        "runs": runs,
-    }
+    result = measure(
+        Plan(options.pods, options.nodes, options.namespaces, options.runs, options.profile),
+        log_dir=log_dir,
+        progress=lambda line: print(line, flush=True),
+    )
+    print_table(result["summary"], len(result["runs"]))
     text = json.dumps(result, allow_nan=False)
     if options.out:
         options.out.write_text(text + "\n")

@@ -6,6 +6,8 @@
 - :mod:`bench.compare.contenders`: the processes each contender runs;
 - :mod:`bench.compare.measure`: CPU, peak RSS and kubus's metrics per phase;
 - :mod:`bench.compare.harness`: every contender on a fresh stack, one record per phase;
+- :mod:`bench.compare.scaleup`: the scale-up after the contenders (bench/scale_up.py's
+  measurement, one record);
 - :mod:`bench.compare.report`: results.json, results.md and results.png;
 - :mod:`bench.compare.cli`: the ``kubus bench`` flags.
 """

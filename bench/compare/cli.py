@@ -24,7 +24,9 @@ def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) ->
         help="kubus side by side with kube-controller-manager and a no-controller ceiling",
         description="For each contender: a fresh infrastructure-only dev stack, N Deployments "
         "x R replicas created, rolled to a new image and deleted, in two shapes (spread over "
-        "namespaces, and all in one); results.json, results.md and results.png in --out.",
+        "namespaces, and all in one). Then the scale-up: a third reconciler joining a pool of 2 "
+        "with --scale-up-pods pods on the bus, timed from its exec until its share is caught up. "
+        "results.json, results.md and results.png in --out.",
     )
     parser.add_argument("--deployments", type=_positive_int, default=20, help="N (default 20)")
     parser.add_argument("--replicas", type=_positive_int, default=5, help="R (default 5)")
@@ -63,6 +65,19 @@ def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) ->
         help="seconds each contender's six phases may take in all; a contender that misses "
         "it is reported failed with what was stuck (default 120 + 1.5 per pod)",
     )
+    parser.add_argument(
+        "--scale-up-pods",
+        type=_non_negative_int,
+        default=10_000,
+        help="pods on the bus when a third reconciler joins a pool of 2, after the "
+        "contenders (default 10000; 0: no scale-up measurement)",
+    )
+    parser.add_argument(
+        "--scale-up-runs",
+        type=_positive_int,
+        default=1,
+        help="times the third reconciler joins, for min/median/max (default 1)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -71,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.compare.contenders import Limits, contender_named
     from bench.compare.harness import Settings, run_all
     from bench.compare.report import Reports
+    from bench.compare.scaleup import ScaleUp, new_record, run_scale_up
     from bench.compare.workload import Workload
     from bench.support import machine
 
@@ -86,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
         deadline=args.deadline or 120 + 1.5 * workload.pods,
         contenders=tuple(contender_named(name) for name in args.contenders),
         log_dir=args.out / "logs",
+    )
+    scale_up = (
+        ScaleUp(args.scale_up_pods, args.scale_up_runs, log_dir=args.out / "logs" / "scale-up")
+        if args.scale_up_pods
+        else None
     )
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             },
         },
         [contender.name for contender in settings.contenders],
+        scale_up=new_record(scale_up) if scale_up is not None else None,
     )
     written = f"{args.out / 'results.json'}, results.md and results.png"
 
@@ -123,17 +145,29 @@ def run(args: argparse.Namespace) -> int:
     # that cannot take the files, fails now rather than after the first contender's run.
     reports.write([])
     records = run_all(settings, _progress, ended)
+    scaled: dict[str, Any] | None = None
+    if scale_up is not None:
+
+        def scale_up_ended(record: dict[str, Any]) -> None:
+            reports.write(records, scale_up=record)
+            _progress(f"scale-up: ended; the results are in {written}")
+
+        scaled = run_scale_up(scale_up, new_record(scale_up), _progress, scale_up_ended)
     _progress(f"wrote {written}")
+    failures = []
     failed = [record for record in records if not record["ok"]]
     if failed:
-        fail(
-            "kubus bench",
+        failures.append(
             f"{len(failed)} of {len(records)} contenders failed: "
             + "; ".join(
                 f"{record['name']} ({record['error'] or 'not every phase ran'})"
                 for record in failed
-            ),
+            )
         )
+    if scaled is not None and not scaled["ok"]:
+        failures.append(f"the scale-up failed: {scaled['error'] or 'not every run ended'}")
+    if failures:
+        fail("kubus bench", "; ".join(failures))
     return 0
 
 
@@ -153,6 +187,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 

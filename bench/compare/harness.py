@@ -27,7 +27,7 @@ from bench.compare.measure import KubusScrape, ProcessMeter, Usage, latency_quan
 from bench.compare.workload import Shape, Workload
 from bench.support import fresh_stack, percentile, require_finite, scrape_metrics
 
-__all__ = ["PHASES", "RunContender", "Settings", "phase_record", "run_all"]
+__all__ = ["PHASES", "RunContender", "Settings", "one_line", "phase_record", "run_all"]
 
 PHASES = ("create", "update", "delete")
 SHAPE_KEYS = {"spread": "phases", "one-namespace": "phases_one_namespace"}
@@ -81,7 +81,7 @@ def run_all(
             record["error"] = f"interrupted ({interrupt or 'SIGINT'})"
             raise
         except Exception as error:  # one contender's failure must not stop the others
-            record["error"] = _one_line(error)
+            record["error"] = one_line(error)
             trace = log_dir / "harness-error.log"
             with contextlib.suppress(OSError):
                 trace.write_text(traceback.format_exc())
@@ -113,7 +113,7 @@ def _judge(record: dict[str, Any]) -> None:
     )
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """``error`` as one line: its type and its message, whitespace folded."""
     message = " ".join(str(error).split())
     return f"{type(error).__name__}: {message}" if message else type(error).__name__

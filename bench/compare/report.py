@@ -3,7 +3,9 @@
 :class:`Reports` rewrites all three as each contender ends, each atomically (a temporary
 file renamed over the old one), so a run that fails or is stopped later keeps the figures of
 every contender that ended; ``pending`` in results.json (and a line in results.md) names the
-contenders that had not ended when it was written: empty once the run is complete.
+contenders that had not ended when it was written (and ``scale-up``, the measurement that runs
+after them): empty once the run is complete. ``scale_up`` is that measurement's record
+(bench/compare/scaleup.py), ``null`` when the run was told not to make it.
 
 results.json is strict JSON: never NaN or Infinity (written with ``allow_nan=False``). The
 event->reconcile latencies ``latency_p50_s``/``latency_p99_s`` are seconds: for kubus the
@@ -22,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.compare import scaleup
 from bench.compare.contenders import KCM, contender_named
+from bench.scale_up import LAG_SLACK
 from bench.support import BucketBound, atomic_file, write_atomically
 
 __all__ = ["NOTES", "Reports", "goals", "markdown", "write_reports"]
@@ -52,29 +56,58 @@ NOTES = (
     "patched -> new ReplicaSet created), whole seconds because creationTimestamp has no "
     "finer resolution; timestamp_latency_* gives the same timestamp figure for kubus too. "
     "Not measured for deletes (the garbage collector acts there).",
+    "Scale-up: bench/scale_up.py's measurement, after the contenders, on a fresh stack of its "
+    f"own: --scale-up-pods plain pods over up to {scaleup.NAMESPACES} namespaces, a kwok node "
+    f"per {scaleup.PODS_PER_NODE} pods, a watcher and a pool of 2 reconcilers running every "
+    "default controller; then a third reconciler starts, timed from its exec. First log line, "
+    "share acquired and share replayed from its JSON log lines' timestamps; caught up (ready "
+    "and reconciling its share) when a poll of its /metrics (every 0.05 s) finds every "
+    f"partition of its rendezvous share bound, lag at most {LAG_SLACK}; replay objects/s: the "
+    "objects of its share over the span from its first partition acquired to its last "
+    "replayed.",
 )
 
 
 class Reports:
-    """One run's results in ``out``, rewritten whole as each contender ends."""
+    """One run's results in ``out``, rewritten whole as each contender ends, and the
+    scale-up."""
 
-    def __init__(self, out: Path, header: dict[str, Any], contenders: list[str]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        header: dict[str, Any],
+        contenders: list[str],
+        *,
+        scale_up: dict[str, Any] | None = None,
+    ) -> None:
         # header: what the run is (command, machine, settings, ...), the same in every write.
         self._out = out
         self._header = header
         self._contenders = contenders
+        # The scale-up's record, pending until it ended; None: this run does not measure it.
+        self._scale_up = scale_up
+        self._scale_up_ended = False
         self._started = time.monotonic()
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        """results.json, results.md and results.png for ``records``, the contenders so far."""
+    def write(
+        self, records: list[dict[str, Any]], *, scale_up: dict[str, Any] | None = None
+    ) -> None:
+        """results.json, results.md and results.png for ``records``, the contenders so far,
+        and ``scale_up``, the scale-up's record once it ended."""
+        if scale_up is not None:
+            self._scale_up, self._scale_up_ended = scale_up, True
         ended = {record["name"] for record in records}
+        pending = [name for name in self._contenders if name not in ended]
+        if self._scale_up is not None and not self._scale_up_ended:
+            pending.append("scale-up")
         write_reports(
             self._out,
             {
                 **self._header,
                 "wall_seconds": round(time.monotonic() - self._started, 1),
                 "contenders": records,
-                "pending": [name for name in self._contenders if name not in ended],
+                "scale_up": self._scale_up,
+                "pending": pending,
             },
         )
 
@@ -82,7 +115,8 @@ class Reports:
 def write_reports(out: Path, results: dict[str, Any]) -> None:
     """The three files, each atomically; a non-finite figure raises before any is written."""
     out.mkdir(parents=True, exist_ok=True)
-    results["goals"] = goals(results["contenders"])
+    results.setdefault("scale_up", None)
+    results["goals"] = goals(results["contenders"], results["scale_up"])
     results["notes"] = list(NOTES)
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"  # raises on NaN, inf
     write_atomically(out / "results.json", text)
@@ -185,11 +219,58 @@ def markdown(results: dict[str, Any]) -> str:
             )
             lines.extend(f"  - stuck: {_cell(line)}" for line in contender["stuck"])
         lines.append("")
+    lines += scale_up_markdown(results["scale_up"], "scale-up" in results.get("pending", ()))
     lines += ["## Goals", ""]
     lines += [f"- **{g['status']}** {g['goal']}: {g['figures']}" for g in results["goals"]]
     lines += ["", "## How it was measured", ""]
     lines += [f"- {note}" for note in NOTES]
     return "\n".join(lines) + "\n"
+
+
+def scale_up_markdown(record: dict[str, Any] | None, pending: bool) -> list[str]:
+    """The scale-up's section: its settings, its milestones' min/median/max, its goal line."""
+    lines = ["## Scale-up: a third reconciler joins a pool of 2", ""]
+    if record is None:
+        return [*lines, "Not measured in this run (--scale-up-pods 0).", ""]
+    runs = record["runs"]
+    lines += [
+        f"{record['pods']:,} pods on the bus (over {record['namespaces']} namespaces, "
+        f"{record['nodes']} kwok nodes), Running and Ready, cached by a settled pool of 2 "
+        f"reconcilers (every default controller); then a third one joins it ({runs} run"
+        f"{'s' if runs != 1 else ''}), timed from its exec (bench/scale_up.py).",
+        "",
+    ]
+    if pending:
+        return [*lines, "Not ended when this was written.", ""]
+    if not record["ok"]:
+        lines += [f"**Failed**: {_cell(record['error'] or 'not every run ended', 600)}", ""]
+    if not record["per_run"]:
+        return lines
+    if len(record["per_run"]) != runs:
+        lines += [f"Figures of the {len(record['per_run'])} run(s) that ended:", ""]
+    lines += [
+        "| seconds from the third reconciler's exec | min | median | max |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = [
+        (label, record["seconds_from_exec"][key], 2) for key, _summary, label in scaleup.FIGURES
+    ]
+    rows.append(("replay: objects/s over its share", record["replay_objects_per_s"], 0))
+    for label, figure, digits in rows:
+        cells = (
+            [_fmt(float(figure[which]), digits) for which in ("min", "median", "max")]
+            if figure
+            else ["-"] * 3
+        )
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    judged = scaleup.goal(record)
+    lines += [
+        "",
+        f"Goal: ready and reconciling its share within {scaleup.GOAL_SECONDS:g} s: "
+        f"**{judged['status']}**; {judged['figures']}.",
+        "",
+    ]
+    return lines
 
 
 def _total(contender: dict[str, Any] | None, key: str, field: str) -> float | None:
@@ -198,8 +279,11 @@ def _total(contender: dict[str, Any] | None, key: str, field: str) -> float | No
     return float(sum(contender[key][phase][field] for phase in PHASES))
 
 
-def goals(contenders: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The issue's goals, judged on this run's figures (met / not met / not measured)."""
+def goals(
+    contenders: list[dict[str, Any]], scale_up: dict[str, Any] | None = None
+) -> list[dict[str, str]]:
+    """The issue's goals, judged on this run's figures (met / not met / not measured);
+    ``scale_up``: the scale-up's record (None: not measured)."""
     by_name = {c["name"]: c for c in contenders}
     kcm = by_name.get(KCM)
     # Pools of plain partitions, by size (kubus-PsK contenders are judged apart: their
@@ -294,6 +378,7 @@ def goals(contenders: list[dict[str, Any]]) -> list[dict[str, str]]:
         f"best kubus {_fmt(best)} pods/s, ceiling {_fmt(top)} pods/s"
         + (f" ({100 * best / top:.0f}%)" if best is not None and top else ""),
     )
+    found.append(scaleup.goal(scale_up))
     return found
 
 
@@ -307,7 +392,8 @@ def _processes(name: str) -> tuple[int, int]:
 
 
 def chart(path: Path, results: dict[str, Any]) -> None:
-    """Time to convergence and CPU per 1,000 pods by contender, phase and shape."""
+    """Time to convergence and CPU per 1,000 pods by contender, phase and shape; below them,
+    when the run measures it, the scale-up's milestones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,7 +401,9 @@ def chart(path: Path, results: dict[str, Any]) -> None:
 
     contenders = results["contenders"]
     names = [c["name"] for c in contenders]
-    figure, axes = plt.subplots(2, 2, figsize=(13, 8), squeeze=False)
+    scale_up = results.get("scale_up")
+    figure = plt.figure(figsize=(13, 8 if scale_up is None else 11.5))
+    grid = figure.add_gridspec(2 if scale_up is None else 3, 2)
     width = 0.8 / len(PHASES)
     for row, (key, shape) in enumerate(SHAPES):
         for column, (field, title) in enumerate(
@@ -324,7 +412,7 @@ def chart(path: Path, results: dict[str, Any]) -> None:
                 ("cpu_seconds_per_1000_pods", "CPU s / 1,000 pods"),
             )
         ):
-            ax = axes[row][column]
+            ax = figure.add_subplot(grid[row, column])
             for index, phase in enumerate(PHASES):
                 values = [
                     (c[key].get(phase) or {}).get(field, 0.0)
@@ -340,6 +428,10 @@ def chart(path: Path, results: dict[str, Any]) -> None:
             ax.grid(axis="y", alpha=0.3)
             if row == 0 and column == 0:
                 ax.legend(fontsize=8)
+    if scale_up is not None:
+        _scale_up_panel(
+            figure.add_subplot(grid[2, :]), scale_up, "scale-up" in results.get("pending", ())
+        )
     settings = results["settings"]
     figure.suptitle(
         f"{settings['deployments']} Deployments x {settings['replicas']} replicas, "
@@ -352,3 +444,49 @@ def chart(path: Path, results: dict[str, Any]) -> None:
             figure.savefig(handle, dpi=100, format="png")
     finally:
         plt.close(figure)
+
+
+def _scale_up_panel(ax: Any, record: dict[str, Any], pending: bool) -> None:
+    """The scale-up's milestones: median bars, min-max whiskers, the goal's 5 s line."""
+    runs = len(record["per_run"])
+    ax.set_title(
+        f"scale-up: a third reconciler joins a pool of 2, {record['pods']:,} pods on the bus "
+        f"(s from its exec; median, min-max of {runs} run{'s' if runs != 1 else ''})",
+        fontsize=10,
+    )
+    # Short labels ("share caught up"): long ones would narrow the panels above, which the
+    # layout aligns with this one.
+    figures = [
+        (key.replace("_", " "), record["seconds_from_exec"][key])
+        for key, _summary, _label in scaleup.FIGURES
+    ]
+    measured = [(label, figure) for label, figure in figures if figure]
+    if pending or not measured:
+        why = "not ended yet" if pending else f"failed: {record['error'] or 'not measured'}"
+        ax.text(0.5, 0.5, _cell(why, 120), ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    positions = range(len(measured))
+    medians = [figure["median"] for _label, figure in measured]
+    ax.barh(
+        positions,
+        medians,
+        xerr=[
+            [figure["median"] - figure["min"] for _label, figure in measured],
+            [figure["max"] - figure["median"] for _label, figure in measured],
+        ],
+        color="tab:blue",
+        capsize=4,
+    )
+    ax.set_yticks(list(positions))
+    ax.set_yticklabels([label for label, _figure in measured], fontsize=8)
+    ax.invert_yaxis()  # in the order they happen, top to bottom
+    ax.axvline(
+        scaleup.GOAL_SECONDS,
+        color="tab:red",
+        linestyle="--",
+        label=f"goal: {scaleup.GOAL_SECONDS:g} s",
+    )
+    ax.set_xlabel("seconds from exec", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")

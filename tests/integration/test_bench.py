@@ -1,5 +1,6 @@
 """`kubus bench` as a user runs it, at a small size: every contender converges in both shapes,
-and results.json/.md/.png hold every figure the issue asks for, with sane values."""
+a third reconciler joins a pool of 2 (the scale-up, with a few pods), and results.json/.md/.png
+hold every figure the issue asks for, with sane values."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ KUBUS = [sys.executable, "-m", "kubus.cli"]
 CONTENDERS = ["kube-controller-manager", "kubus-1", "kubus-2", "kubus-4", "ceiling"]
 PHASES = ("create", "update", "delete")
 DEPLOYMENTS, REPLICAS = 3, 2
+# Few pods, one run: the scale-up's own stack and join add well under a minute.
+SCALE_UP_PODS = 200
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
             f"--replicas={REPLICAS}",
             f"--out={out}",
             "--deadline=240",
+            f"--scale-up-pods={SCALE_UP_PODS}",
         ],
         capture_output=True,
         text=True,
@@ -104,6 +108,31 @@ def test_every_contender_converges_with_every_field_filled(
             assert cpu_total > 0, (name, key)
 
 
+def test_the_scale_up_is_measured_in_order_from_exec(
+    bench_run: tuple[Path, dict[str, Any]],
+) -> None:
+    _out, results = bench_run
+    scaled = results["scale_up"]
+    assert scaled["ok"] is True, scaled["error"]
+    assert scaled["error"] is None and "scale-up" not in results["pending"]
+    assert (scaled["pods"], scaled["runs"], scaled["pool"]) == (SCALE_UP_PODS, 1, 2)
+    assert scaled["nodes"] >= 3 and scaled["namespaces"] >= 1
+    (run,) = scaled["per_run"]
+    assert run["partitions"] >= 1 and run["objects_replayed"] >= 0
+    times = scaled["seconds_from_exec"]
+    for figure in times.values():
+        assert _number(figure["min"]) <= _number(figure["median"]) <= _number(figure["max"])
+    # One run: min, median and max are its figures; each milestone comes after the one before.
+    first, acquired, replayed, caught_up = (
+        times[key]["max"]
+        for key in ("first_log_line", "share_acquired", "share_replayed", "share_caught_up")
+    )
+    assert 0 < first <= acquired <= replayed <= caught_up < 120, times
+    assert _number(scaled["replay_objects_per_s"]["median"]) > 0
+    goal = results["goals"][-1]
+    assert "within 5 s" in goal["goal"] and goal["status"] in ("met", "not met"), goal
+
+
 def test_markdown_and_chart_are_written(bench_run: tuple[Path, dict[str, Any]]) -> None:
     out, results = bench_run
     markdown = (out / "results.md").read_text()
@@ -111,6 +140,9 @@ def test_markdown_and_chart_are_written(bench_run: tuple[Path, dict[str, Any]]) 
     for name in CONTENDERS:
         assert f"| {name} | create |" in markdown
     assert "## one-namespace" in markdown and "## Goals" in markdown
+    assert "## Scale-up: a third reconciler joins a pool of 2" in markdown
+    assert "| share caught up on /metrics (lag ~0) |" in markdown
+    assert "Goal: ready and reconciling its share within 5 s: **" in markdown
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {goal["status"] for goal in results["goals"]} <= {"met", "not met", "not measured"}
 

@@ -22,10 +22,13 @@ from bench.compare.contenders import KCM, Contender, Limits, contender_named
 from bench.compare.driver import PhaseRun
 from bench.compare.harness import PHASES, Settings, phase_record, run_all
 from bench.compare.measure import EVENT_LATENCY, KubusScrape, Usage
-from bench.compare.report import Reports
+from bench.compare.report import Reports, scale_up_markdown
+from bench.compare.scaleup import Measure, ScaleUp, new_record, run_scale_up
+from bench.compare.scaleup import goal as goal_of
 from bench.compare.workload import Workload
+from bench.scale_up import Plan
 from bench.support import BucketBound, atomic_file, bucket_quantile, write_atomically
-from kubus.cli import main
+from kubus.cli import build_parser, main
 
 WORKLOAD = Workload(deployments=4, replicas=5)
 # kubus_reconciler_event_latency_seconds's buckets (reconcilers/metrics.py): the top one is 30 s.
@@ -109,7 +112,7 @@ def by_contender(fills: dict[str, Fill]) -> Fill:
     return fill
 
 
-def reports(tmp_path: Path, run: Settings) -> Reports:
+def reports(tmp_path: Path, run: Settings, scale_up: ScaleUp | None = None) -> Reports:
     return Reports(
         tmp_path / "out",
         {
@@ -121,6 +124,7 @@ def reports(tmp_path: Path, run: Settings) -> Reports:
             | {"kube_api_qps": 20.0, "kube_api_burst": 30, "deadline_seconds": run.deadline},
         },
         [contender.name for contender in run.contenders],
+        scale_up=new_record(scale_up) if scale_up else None,
     )
 
 
@@ -285,3 +289,337 @@ def test_every_json_dump_in_bench_refuses_nan_and_infinity() -> None:
                 calls.append((f"{source.relative_to(bench)}:{node.lineno}", strict))
     assert calls, "no json.dumps found: the check looks in the wrong place"
     assert [where for where, strict in calls if not strict] == []
+
+
+# The scale-up after the contenders: bench/compare/scaleup.py with a stand-in for
+# bench.scale_up.measure (which needs a stack), the report writers the real ones.
+
+
+def joined(
+    *, first_line: float, acquired: float, replayed: float, caught_up: float
+) -> dict[str, Any]:
+    """One run's figures as bench.scale_up.join_once gives them (seconds from exec)."""
+    return {
+        "member": "joiner",
+        "partitions": 11,
+        "objects_replayed": 700,
+        "seconds_from_exec": {
+            "first_log_line": first_line,
+            "cluster_cache_replayed": first_line + 0.1,
+            "joined_pool": first_line + 0.2,
+            "first_partition_acquired": acquired - 0.3,
+            "share_acquired": acquired,
+            "share_replayed": replayed,
+            "polled_ready": replayed + 0.05,
+            "polled_first_partition_owned": acquired - 0.2,
+            "polled_share_caught_up": caught_up,
+            "polled_queues_drained": caught_up + 0.1,
+        },
+        "handback_seconds_from_join": {"old_owners_saw_it": 0.3, "last_released": 0.8},
+        "replay": {
+            "objects_per_s_overall": round(700 / (replayed - acquired + 0.3)),
+            "per_partition": [
+                {"partition": 3, "objects": 700, "seconds": 0.1, "objects_per_s": 7000}
+            ],
+        },
+    }
+
+
+def measured(
+    runs: list[dict[str, Any]],
+    *,
+    then: BaseException | None = None,
+    seen: Callable[[], None] = lambda: None,
+) -> Measure:
+    """A stand-in for bench.scale_up.measure: ``runs`` end one by one, then ``then`` is
+    raised if given; ``seen`` runs first (to look at what is on disk meanwhile)."""
+
+    def measure(
+        plan: Plan,
+        *,
+        log_dir: Path,
+        progress: Callable[[str], None],
+        ended_run: Callable[[list[dict[str, Any]]], None],
+    ) -> dict[str, Any]:
+        seen()
+        for index in range(len(runs)):
+            ended_run(runs[: index + 1])
+        if then is not None:
+            raise then
+        return {
+            "benchmark": "scale_up",
+            "pods": plan.pods,
+            "pods_ready_seconds": 12.5,
+            "runs": runs,
+        }
+
+    return measure
+
+
+def test_the_scale_up_is_pending_until_it_ends_then_in_json_markdown_and_chart(
+    tmp_path: Path,
+) -> None:
+    run = settings(tmp_path, "kubus-2")
+    scale_up = ScaleUp(pods=2000, runs=2, log_dir=tmp_path / "logs" / "scale-up")
+    written = reports(tmp_path, run, scale_up)
+    out = tmp_path / "out"
+    records = run_all(run, lambda _line: None, written.write, run_contender=filled(30.0, [0.1]))
+    while_it_runs: dict[str, Any] = {}
+
+    def look() -> None:
+        while_it_runs.update(strict_json(out / "results.json"))
+
+    runs = [
+        joined(first_line=0.9, acquired=1.6, replayed=2.4, caught_up=3.1),
+        joined(first_line=1.1, acquired=1.8, replayed=2.6, caught_up=4.2),
+    ]
+    record = run_scale_up(
+        scale_up,
+        new_record(scale_up),
+        lambda _line: None,
+        lambda ended: written.write(records, scale_up=ended),
+        measure=measured(runs, seen=look),
+    )
+
+    # While it ran: the contenders' figures on disk, the scale-up pending, none of its figures.
+    assert while_it_runs["pending"] == ["scale-up"]
+    assert while_it_runs["contenders"][0]["ok"] is True
+    assert while_it_runs["scale_up"]["ok"] is False
+    assert while_it_runs["scale_up"]["seconds_from_exec"]["share_caught_up"] is None
+    assert while_it_runs["goals"][-1]["status"] == "not measured"
+
+    results = strict_json(out / "results.json")
+    assert results["pending"] == []
+    scaled = results["scale_up"]
+    assert scaled == record
+    assert scaled["ok"] is True and scaled["error"] is None
+    assert (scaled["pods"], scaled["nodes"], scaled["namespaces"], scaled["runs"]) == (
+        2000,
+        20,
+        100,
+        2,
+    )
+    assert scaled["pods_ready_seconds"] == 12.5
+    assert scaled["seconds_from_exec"] == {
+        "first_log_line": {"min": 0.9, "median": 1.0, "max": 1.1},
+        "share_acquired": {"min": 1.6, "median": 1.7, "max": 1.8},
+        "share_replayed": {"min": 2.4, "median": 2.5, "max": 2.6},
+        "share_caught_up": {"min": 3.1, "median": 3.65, "max": 4.2},
+    }
+    assert scaled["replay_objects_per_s"] == {"min": 636.0, "median": 636.0, "max": 636.0}
+    assert len(scaled["per_run"]) == 2
+    assert scaled["summary"]["handback_seconds_from_join"]["last_released"]["max"] == 0.8
+    goal = results["goals"][-1]
+    assert goal["status"] == "met" and "within 5 s" in goal["goal"]
+    assert goal["figures"] == "caught up 4.2 s from exec (max of 2 runs), 2,000 pods"
+
+    markdown = (out / "results.md").read_text()
+    section = markdown.split("## Scale-up", 1)[1].split("## Goals", 1)[0]
+    assert "2,000 pods on the bus (over 100 namespaces, 20 kwok nodes)" in section
+    assert "| first log line (imports done, NATS connected) | 0.90 | 1.00 | 1.10 |" in section
+    assert "| its whole share acquired | 1.60 | 1.70 | 1.80 |" in section
+    assert "| its whole share replayed | 2.40 | 2.50 | 2.60 |" in section
+    assert "| share caught up on /metrics (lag ~0) | 3.10 | 3.65 | 4.20 |" in section
+    assert "| replay: objects/s over its share | 636 | 636 | 636 |" in section
+    assert (
+        "Goal: ready and reconciling its share within 5 s: **met**; caught up 4.2 s from exec "
+        "(max of 2 runs), 2,000 pods." in section
+    )
+    assert f"- **met** {goal['goal']}: {goal['figures']}" in markdown
+    assert "Partial results" not in markdown
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_share_caught_up_after_5_s_in_any_run_does_not_meet_the_goal(tmp_path: Path) -> None:
+    scale_up = ScaleUp(pods=10_000, runs=3, log_dir=tmp_path / "logs")
+    runs = [
+        joined(first_line=1.0, acquired=2.0, replayed=3.0, caught_up=seconds)
+        for seconds in (3.5, 5.2, 4.0)
+    ]
+    record = run_scale_up(
+        scale_up,
+        new_record(scale_up),
+        lambda _line: None,
+        lambda _record: None,
+        measure=measured(runs),
+    )
+    assert record["ok"] is True and record["nodes"] == 100
+    assert record["seconds_from_exec"]["share_caught_up"] == {"min": 3.5, "median": 4.0, "max": 5.2}
+    assert goal_of(record) == {
+        "goal": goal_of(record)["goal"],
+        "status": "not met",
+        "figures": "caught up 5.2 s from exec (max of 3 runs), 10,000 pods",
+    }
+    assert "**not met**" in "\n".join(scale_up_markdown(record, pending=False))
+
+
+def test_a_failed_scale_up_keeps_its_reason_its_ended_runs_and_the_contenders_results(
+    tmp_path: Path,
+) -> None:
+    run = settings(tmp_path, KCM, "kubus-2")
+    scale_up = ScaleUp(pods=2000, runs=3, log_dir=tmp_path / "logs" / "scale-up")
+    written = reports(tmp_path, run, scale_up)
+    records = run_all(run, lambda _line: None, written.write, run_contender=filled(30.0, [0.1]))
+    lines: list[str] = []
+    record = run_scale_up(
+        scale_up,
+        new_record(scale_up),
+        lines.append,
+        lambda ended: written.write(records, scale_up=ended),
+        measure=measured(
+            [joined(first_line=1.0, acquired=2.0, replayed=3.0, caught_up=3.5)],
+            then=RuntimeError("joiner-1 did not catch up\n(log: /tmp/joiner-1.log)"),
+        ),
+    )
+
+    assert record["ok"] is False
+    assert record["error"] == "RuntimeError: joiner-1 did not catch up (log: /tmp/joiner-1.log)"
+    results = strict_json(tmp_path / "out" / "results.json")
+    assert [c["ok"] for c in results["contenders"]] == [True, True]
+    assert results["contenders"][1]["phases"]["create"]["seconds"] == 30
+    assert results["pending"] == []
+    scaled = results["scale_up"]
+    assert scaled["ok"] is False and scaled["error"] == record["error"]
+    # The run that ended before the failure is kept, and reported as such.
+    assert len(scaled["per_run"]) == 1
+    assert scaled["seconds_from_exec"]["share_caught_up"] == {"min": 3.5, "median": 3.5, "max": 3.5}
+    assert results["goals"][-1]["status"] == "not measured"
+    assert results["goals"][-1]["figures"] == f"scale-up: {record['error']}"
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert f"**Failed**: {record['error']}" in markdown
+    assert "Figures of the 1 run(s) that ended:" in markdown
+    assert f"| {KCM} | create | 30.0 |" in markdown
+    assert (tmp_path / "out" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "joiner-1 did not catch up" in (scale_up.log_dir / "harness-error.log").read_text()
+    assert any(line.startswith("scale-up: failed: RuntimeError") for line in lines)
+
+
+def test_an_interrupted_scale_up_is_written_as_such_and_the_interrupt_goes_on(
+    tmp_path: Path,
+) -> None:
+    run = settings(tmp_path, "kubus-2")
+    scale_up = ScaleUp(pods=200, runs=1, log_dir=tmp_path / "logs" / "scale-up")
+    written = reports(tmp_path, run, scale_up)
+    records = run_all(run, lambda _line: None, written.write, run_contender=filled(30.0, [0.1]))
+    with pytest.raises(KeyboardInterrupt):
+        run_scale_up(
+            scale_up,
+            new_record(scale_up),
+            lambda _line: None,
+            lambda ended: written.write(records, scale_up=ended),
+            measure=measured([], then=KeyboardInterrupt("SIGTERM")),
+        )
+    results = strict_json(tmp_path / "out" / "results.json")
+    assert results["scale_up"]["error"] == "interrupted (SIGTERM)"
+    assert results["scale_up"]["nodes"] == 3 and results["scale_up"]["namespaces"] == 100
+    assert results["pending"] == [] and results["contenders"][0]["ok"] is True
+
+
+@pytest.fixture
+def bench_without_stack(monkeypatch: pytest.MonkeyPatch) -> list[Plan]:
+    """``kubus bench`` through its CLI with stand-ins for what needs a stack: every contender
+    converges in 30 s, the scale-up fails after one run; the plans it was given are kept."""
+    import bench.compare.harness
+    import bench.scale_up
+
+    plans: list[Plan] = []
+    failing = measured(
+        [joined(first_line=1.0, acquired=2.0, replayed=3.0, caught_up=3.5)],
+        then=RuntimeError("joiner-1 exited"),
+    )
+
+    def measure(plan: Plan, **kwargs: Any) -> dict[str, Any]:
+        plans.append(plan)
+        return failing(plan, **kwargs)
+
+    monkeypatch.setattr(bench.compare.harness, "_run_contender", filled(30.0, [0.1]))
+    monkeypatch.setattr(bench.scale_up, "measure", measure)
+    # Its SIGTERM/SIGINT handlers would outlive the test in this process.
+    monkeypatch.setattr("signal.signal", lambda *_args: None)
+    return plans
+
+
+def test_a_failed_scale_up_makes_kubus_bench_exit_1_with_the_contenders_results_kept(
+    bench_without_stack: list[Plan], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "bench",
+                "--contenders=kubus-2",
+                "--deployments=4",
+                "--replicas=5",
+                f"--out={tmp_path}",
+                "--scale-up-pods=2000",
+                "--scale-up-runs=2",
+            ]
+        )
+    assert exit_.value.code == 1
+    assert bench_without_stack == [Plan(pods=2000, nodes=20, namespaces=100, runs=2)]
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == "kubus bench: error: the scale-up failed: RuntimeError: joiner-1 exited"
+    results = strict_json(tmp_path / "results.json")
+    assert results["contenders"][0]["ok"] is True and results["pending"] == []
+    assert results["scale_up"]["error"] == "RuntimeError: joiner-1 exited"
+    assert results["scale_up"]["runs"] == 2 and len(results["scale_up"]["per_run"]) == 1
+    assert (tmp_path / "logs" / "scale-up" / "harness-error.log").exists()
+
+
+def test_kubus_bench_without_the_scale_up_says_so_and_exits_0(
+    bench_without_stack: list[Plan], tmp_path: Path
+) -> None:
+    assert (
+        main(
+            [
+                "bench",
+                "--contenders=kubus-2",
+                "--deployments=4",
+                "--replicas=5",
+                f"--out={tmp_path}",
+                "--scale-up-pods=0",
+            ]
+        )
+        == 0
+    )
+    assert bench_without_stack == []
+    results = strict_json(tmp_path / "results.json")
+    assert results["scale_up"] is None and results["pending"] == []
+    assert results["goals"][-1] == goal_of(None)
+    assert results["goals"][-1]["status"] == "not measured"
+    assert results["goals"][-1]["figures"] == "off (--scale-up-pods 0)"
+    markdown = (tmp_path / "results.md").read_text()
+    section = markdown.split("## Scale-up: a third reconciler joins a pool of 2\n\n", 1)[1]
+    assert section.startswith("Not measured in this run (--scale-up-pods 0).\n")
+    assert "| seconds from the third reconciler's exec |" not in markdown
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_scale_up_flags_default_to_one_join_with_10000_pods() -> None:
+    args = build_parser().parse_args(["bench"])
+    assert (args.scale_up_pods, args.scale_up_runs) == (10_000, 1)
+    args = build_parser().parse_args(["bench", "--scale-up-pods=0", "--scale-up-runs=3"])
+    assert (args.scale_up_pods, args.scale_up_runs) == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        ("--scale-up-pods=-1", "must be 0 or more, not -1"),
+        ("--scale-up-pods=many", "expected a whole number, got 'many'"),
+        ("--scale-up-pods=1.5", "expected a whole number, got '1.5'"),
+        ("--scale-up-runs=0", "must be at least 1, not 0"),
+        ("--scale-up-runs=-3", "must be at least 1, not -3"),
+        ("--scale-up-runs=", "expected a whole number, got ''"),
+    ],
+)
+def test_a_bad_scale_up_flag_is_one_line_and_exit_2_before_anything_runs(
+    flag: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", flag, f"--out={tmp_path}"])
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    name = flag.partition("=")[0]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"kubus bench: error: argument {name}: {says} "), lines
+    assert list(tmp_path.iterdir()) == []

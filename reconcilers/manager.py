@@ -7,10 +7,11 @@ finish in-flight reconciles, hand the partitions and leaderships back).
 What each controller sees:
 
 - a partitioned controller reads the shared cache: the namespaced objects of the partitions
-  this process owns, plus every cluster-scoped object of the kinds any controller here reads
-  (followed across all partitions by every process);
+  this process holds (or holds a shard of, :mod:`reconcilers.shards`), plus every
+  cluster-scoped object of the kinds any controller here reads (followed across all partitions
+  by every process);
 - a global controller, while this process leads it, reads a cache of its own holding every
-  object of what it reads.
+  object of what it reads (:mod:`reconcilers.leading`).
 
 Every loop that can fail (a partition's runner, a follower) runs under a :class:`Supervised`
 that restarts it with backoff and makes the process not ready while it is down.
@@ -29,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Container, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -54,10 +55,11 @@ from reconcilers.controller import EVERY_RESOURCE, Context, Controller, NotStart
 from reconcilers.events import EventRecorder
 from reconcilers.follower import StreamFollower
 from reconcilers.leader import LeaderElection
+from reconcilers.leading import GlobalControllers
 from reconcilers.ownership import LeaseTiming, PartitionOwnership, ShardingMismatch
 from reconcilers.partition import PartitionRunner
 from reconcilers.shards import Sharding
-from reconcilers.supervisor import Supervised, stop_task
+from reconcilers.supervisor import Running, first_replay, serving, stop_task, supervise
 from reconcilers.worker import InFlight, Worker
 from reconcilers.workqueue import WorkQueue
 
@@ -101,22 +103,6 @@ class ManagerConfig:
     stream_replicas: int = 1
 
 
-class _Running(NamedTuple):
-    """Supervised work and the task running it."""
-
-    work: Supervised
-    task: asyncio.Task[None]
-
-
-@dataclass
-class _Global:
-    """A global controller's own cache, and its follower while this process leads it."""
-
-    cache: ObjectCache = field(default_factory=ObjectCache)
-    running: _Running | None = None
-    follower: StreamFollower | None = None
-
-
 class Manager:
     def __init__(self, config: ManagerConfig) -> None:
         self._config = config
@@ -126,15 +112,15 @@ class Manager:
         self._in_flight = InFlight()
         self._sharding = Sharding(config.layout.partitions, config.partition_shards)
         self._units: set[int] = set()  # the units (partition shards) this process works on
-        self._partitions: dict[int, _Running] = {}  # runners of the partitions those are in
+        self._partitions: dict[int, Running] = {}  # runners of the partitions those are in
         self._controllers: dict[str, Controller] = {}
         self._queues: dict[str, WorkQueue[Request]] = {}
         # Partitioned controllers by the resources they read (from the shared cache).
         self._reads: dict[ResourceType, list[str]] = defaultdict(list)
         self._reads_everything: list[str] = []
         self._cluster_scoped: set[ResourceType] = set()
-        self._globals: dict[str, _Global] = {}
-        self._cluster: _Running | None = None
+        self._globals = GlobalControllers(self._layout, self._idle)
+        self._cluster: Running | None = None
         self._ownership: PartitionOwnership | None = None
         self._election: LeaderElection | None = None
         self._js: JetStreamContext | None = None
@@ -159,6 +145,7 @@ class Manager:
         try:
             js = nc.jetstream()
             self._js = js
+            self._globals.js = js
             self._max_payload = nc.max_payload
             replicas = config.stream_replicas
             await ensure_object_stream(
@@ -199,14 +186,14 @@ class Manager:
                     await self._ownership.join()
                 except ShardingMismatch as mismatch:
                     raise ManagerError(f"pool {config.pool}: {mismatch}") from None
-                if self._globals:
+                if self._globals.names:
                     self._election = LeaderElection(
                         member=config.member,
                         leaders=leaders,
-                        controllers=tuple(self._globals),
+                        controllers=self._globals.names,
                         timing=config.timing,
-                        on_started_leading=self._start_leading,
-                        on_stopped_leading=self._stop_leading,
+                        on_started_leading=self._globals.start_leading,
+                        on_stopped_leading=self._globals.stop_leading,
                     )
                 probes = ProbeServer(health=config.health, metrics=config.metrics)
                 probes.add_liveness("ping", lambda: None)
@@ -238,24 +225,24 @@ class Manager:
         for controller_type in config.controllers:
             name = controller_type.name
             is_global = controller_type.scope is Scope.GLOBAL
-            state = _Global() if is_global else None
             own = dataclasses.replace(
                 context,
                 # A write rate limit per controller, as kcm's client per controller has.
                 kube=kube.with_rate_limit(config.kube_api_qps, config.kube_api_burst),
-                cache=state.cache if state is not None else self._cache,
+                cache=self._globals.cache_for(name) if is_global else self._cache,
                 options=dict(config.options.get(name, {})),
             )
             try:
                 controller = controller_type(own)
             except NotStarted as reason:
                 log.warning("%s is disabled: %s", name, reason)
+                self._globals.discard(name)
                 continue
-            if state is not None:
-                self._globals[name] = state
             self._controllers[name] = controller
             queue: WorkQueue[Request] = WorkQueue(name)
             self._queues[name] = queue
+            if is_global:
+                self._globals.add(name, controller, queue)
             if not is_global:
                 for resource in controller_type.reads:
                     if resource == EVERY_RESOURCE:
@@ -289,8 +276,8 @@ class Manager:
             ]
             sender = group.create_task(events.run())
             # Cluster-scoped objects first, so partition handlers find their cluster owners.
-            self._cluster = self._supervise("cluster-scoped cache", self._cluster_follower)
-            await _first_replay(self._cluster, stop)
+            self._cluster = supervise("cluster-scoped cache", self._cluster_follower)
+            await first_replay(self._cluster, stop)
             owning = group.create_task(self._ownership.run())
             electing = group.create_task(self._election.run()) if self._election else None
             await stop.wait()
@@ -326,19 +313,9 @@ class Manager:
             )
         return apis
 
-    def _supervise(self, name: str, make: Callable[[], Any]) -> _Running:
-        work = Supervised(name, make)
-        return _Running(work, asyncio.get_running_loop().create_task(work.run()))
-
     def _responsible_for(self, name: str, is_global: bool) -> Callable[[Request], Hashable | None]:
         if is_global:
-            shard = ("global", name)
-
-            def leading(_request: Request) -> Hashable | None:
-                state = self._globals[name]
-                return shard if state.running is not None else None
-
-            return leading
+            return self._globals.responsible(name)
 
         def owned(request: Request) -> Hashable | None:
             unit = self._unit(request)
@@ -407,7 +384,7 @@ class Manager:
         running = self._partitions.get(partition)
         if running is None:
             await self._start_partition(partition)
-        elif _replayed(running):
+        elif serving(running):
             self._request_partition(partition, self._cache.refs(partition), only={unit})
         # else the runner's replay, when it ends, makes the requests of every unit held then
 
@@ -457,9 +434,8 @@ class Manager:
             # The new runner recreates the consumer: deliveries of the old one are void.
             self._acks.forget(lambda request: self._partition_of(request) == partition)
 
-        work = Supervised(f"partition {partition}", make, on_restart=restarted)
-        self._partitions[partition] = _Running(
-            work, asyncio.get_running_loop().create_task(work.run())
+        self._partitions[partition] = supervise(
+            f"partition {partition}", make, on_restart=restarted
         )
         metrics.PARTITIONS_OWNED.set(len(self._partitions))
 
@@ -568,69 +544,6 @@ class Manager:
     def _current(cache: ObjectCache, ref: ObjectRef, envelope: Envelope) -> dict[str, Any] | None:
         return None if envelope.deleted else cache.get(ref.resource, ref.namespace, ref.name)
 
-    # --- global controllers -------------------------------------------------------------
-
-    async def _start_leading(self, name: str) -> None:
-        """This process now leads ``name``: build its full cache, then serve its requests."""
-        assert self._js is not None
-        state = self._globals[name]
-        controller_type = type(self._controllers[name])
-        filters = [
-            self._layout.resource_filter(r)
-            if r != EVERY_RESOURCE
-            else f"{self._layout.object_subjects}"
-            for r in controller_type.reads
-        ]
-
-        def deliver(ref: ObjectRef, envelope: Envelope, replaying: bool) -> None:
-            previous = state.cache.apply(CLUSTER, ref, envelope)
-            if not replaying:
-                self._enqueue_global(name, ref, self._current(state.cache, ref, envelope), previous)
-
-        def replayed(refs: list[ObjectRef]) -> None:
-            for ref in refs:
-                current = state.cache.get(ref.resource, ref.namespace, ref.name)
-                if current is not None:
-                    self._enqueue_global(name, ref, current, None)
-
-        def make() -> StreamFollower:
-            assert self._js is not None
-            follower = StreamFollower(
-                name=f"{name} cache",
-                js=self._js,
-                layout=self._layout,
-                filters=filters,
-                deliver=deliver,
-                replayed=replayed,
-            )
-            state.follower = follower
-            return follower
-
-        state.running = self._supervise(f"{name} cache", make)
-        log.info("%s: leading; replaying its cache", name)
-
-    async def _stop_leading(self, name: str) -> None:
-        state = self._globals[name]
-        running, state.running = state.running, None  # no reconcile starts for it from now
-        if running is not None:
-            await stop_task(*running)
-        if not await self._idle(("global", name)):
-            log.error("%s: in-flight reconciles did not finish in time", name)
-        state.cache.clear()
-        state.follower = None
-        self._controllers[name].forget(lambda _request: True)
-        log.info("%s: no longer leading", name)
-
-    def _enqueue_global(
-        self, name: str, ref: ObjectRef, current: dict[str, Any] | None, previous: Any
-    ) -> None:
-        controller = self._controllers[name]
-        queue = self._queues[name]
-        for request in controller.requests_for(ref.resource, current, previous):
-            queue.add(request)
-            metrics.WORKQUEUE_ADDS.labels(name).inc()
-        metrics.WORKQUEUE_DEPTH.labels(name).set(len(queue))
-
     def _unit(self, request: Request) -> int:
         return self._sharding.unit_of(request.namespace, request.name)
 
@@ -643,7 +556,7 @@ class Manager:
     # --- probes and metrics ---------------------------------------------------------------
 
     def _readiness(self) -> str | None:
-        if self._cluster is None or not _replayed(self._cluster):
+        if self._cluster is None or not serving(self._cluster):
             return "cluster-scoped cache not replayed yet"
         if self._ownership is not None and self._ownership.misconfigured is not None:
             return self._ownership.misconfigured
@@ -652,12 +565,10 @@ class Manager:
         if self._election is not None and not self._election.settled:
             return "leader election of the global controllers not settled yet"
         problems = []
-        down = [p for p, running in sorted(self._partitions.items()) if not _replayed(running)]
+        down = [p for p, running in sorted(self._partitions.items()) if not serving(running)]
         if down:
             problems.append(f"partitions not serving (replaying or restarting): {down}")
-        for name, state in self._globals.items():
-            if state.running is not None and not _replayed(state.running):
-                problems.append(f"{name}: leading, cache not replayed yet")
+        problems.extend(self._globals.problems())
         if self._cluster.work.down_since is not None:
             problems.append(f"cluster-scoped cache down: {self._cluster.work.last_error}")
         return "; ".join(problems) or None
@@ -665,31 +576,7 @@ class Manager:
     def _cache_counts(self) -> Iterable[tuple[str, str, int]]:
         for resource, count in self._cache.counts().items():
             yield "shared", resource.label, count
-        for name, state in self._globals.items():
-            for resource, count in state.cache.counts().items():
-                yield name, resource.label, count
-
-
-def _replayed(running: _Running) -> bool:
-    """Serving: not down, and the current run has replayed its cache."""
-    work = running.work
-    current = work.current
-    replayed = getattr(current, "replayed", None)
-    return (
-        work.down_since is None
-        and not running.task.done()
-        and replayed is not None
-        and replayed.is_set()
-    )
-
-
-async def _first_replay(running: _Running, stop: asyncio.Event) -> None:
-    """Wait until the supervised follower has replayed once (or the process is stopping)."""
-    while not stop.is_set() and not _replayed(running):
-        if running.task.done():
-            running.task.result()  # surfaces a bug; the supervisor never ends on its own
-            return
-        await asyncio.sleep(0.05)
+        yield from self._globals.cache_counts()
 
 
 def _gate_defaults(controllers: Iterable[type[Controller]]) -> dict[str, bool]:

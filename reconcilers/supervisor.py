@@ -13,11 +13,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from reconcilers import metrics
 
-__all__ = ["Stoppable", "Supervised", "stop_task"]
+__all__ = [
+    "Running",
+    "Stoppable",
+    "Supervised",
+    "first_replay",
+    "serving",
+    "stop_task",
+    "supervise",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +112,43 @@ async def stop_task(work: Supervised | Stoppable, task: asyncio.Task[None]) -> N
         await asyncio.wait({task}, timeout=1.0)
     if not task.cancelled():
         task.exception()  # mark it retrieved: the supervisor logged it already
+
+
+class Running(NamedTuple):
+    """Supervised work and the task running it."""
+
+    work: Supervised
+    task: asyncio.Task[None]
+
+
+def supervise(
+    name: str,
+    make: Callable[[], Stoppable],
+    *,
+    on_restart: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> Running:
+    """Start ``make()``'s work under a :class:`Supervised` loop, as a task of the loop."""
+    work = Supervised(name, make, on_restart=on_restart)
+    return Running(work, asyncio.get_running_loop().create_task(work.run()))
+
+
+def serving(running: Running) -> bool:
+    """Not down, and the current run has replayed its cache (a runner's or follower's
+    ``replayed`` event)."""
+    work = running.work
+    replayed = getattr(work.current, "replayed", None)
+    return (
+        work.down_since is None
+        and not running.task.done()
+        and replayed is not None
+        and replayed.is_set()
+    )
+
+
+async def first_replay(running: Running, stop: asyncio.Event) -> None:
+    """Wait until the supervised work has replayed once (or the process is stopping)."""
+    while not stop.is_set() and not serving(running):
+        if running.task.done():
+            running.task.result()  # surfaces a bug; the supervisor never ends on its own
+            return
+        await asyncio.sleep(0.05)

@@ -50,6 +50,12 @@ def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) ->
         help="namespaces of the spread shape (default: one per Deployment, at most 32)",
     )
     parser.add_argument(
+        "--shapes",
+        type=_shapes,
+        default=_shapes("spread,one-namespace"),
+        help="comma-separated shapes to run, of spread and one-namespace (default both)",
+    )
+    parser.add_argument(
         "--kube-api-qps",
         type=_positive_float,
         default=20.0,
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         deadline=args.deadline or 120 + 1.5 * workload.pods,
         contenders=tuple(contender_named(name) for name in args.contenders),
         log_dir=args.out / "logs",
+        shape_names=args.shapes,
     )
     scale_up = (
         ScaleUp(args.scale_up_pods, args.scale_up_runs, log_dir=args.out / "logs" / "scale-up")
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 "replicas": workload.replicas,
                 "pods": workload.pods,
                 "spread_namespaces": settings.spread_namespaces,
+                "shapes": list(args.shapes),
                 "kwok_nodes": workload.nodes(),
                 "kube_api_qps": args.kube_api_qps,
                 "kube_api_burst": args.kube_api_burst,
@@ -227,3 +235,18 @@ def _contenders(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"a contender is named twice in {text!r}")
     return names
+
+
+def _shapes(text: str) -> tuple[str, ...]:
+    known = ("spread", "one-namespace")
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown shape {unknown[0]!r}: the shapes are spread and one-namespace"
+        )
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one shape: spread, one-namespace")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a shape is named twice in {text!r}")
+    return tuple(names)

@@ -43,10 +43,16 @@ class Settings:
     deadline: float
     contenders: tuple[Contender, ...]
     log_dir: Path
+    # Which of the two shapes run, in this order (a 10,000-pod run may take one only).
+    shape_names: tuple[str, ...] = tuple(SHAPE_KEYS)
 
     @property
     def shapes(self) -> tuple[Shape, ...]:
-        return (Shape.spread(self.spread_namespaces), Shape.one_namespace())
+        every = {
+            "spread": Shape.spread(self.spread_namespaces),
+            "one-namespace": Shape.one_namespace(),
+        }
+        return tuple(every[name] for name in self.shape_names)
 
 
 # Fills one contender's record (phases, processes), raising if it fails.
@@ -87,7 +93,7 @@ def run_all(
                 trace.write_text(traceback.format_exc())
             progress(f"{contender.name}: failed: {record['error']} (traceback: {trace})")
         finally:
-            _judge(record)
+            _judge(record, settings.shape_names)
             _add_ratios(records)
             ended(records)
     return records
@@ -106,10 +112,12 @@ def _new_record(contender: Contender) -> dict[str, Any]:
     }
 
 
-def _judge(record: dict[str, Any]) -> None:
-    phases = [p for key in SHAPE_KEYS.values() for p in record[key].values()]
+def _judge(record: dict[str, Any], shapes: tuple[str, ...]) -> None:
+    phases = [p for shape in shapes for p in record[SHAPE_KEYS[shape]].values()]
     record["ok"] = (
-        record["error"] is None and len(phases) == 2 * len(PHASES) and all(p["ok"] for p in phases)
+        record["error"] is None
+        and len(phases) == len(shapes) * len(PHASES)
+        and all(p["ok"] for p in phases)
     )
 
 

@@ -172,7 +172,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{', '.join(results['pending'])} (the run was going on, or was stopped first).",
             "",
         ]
-    for key, shape in SHAPES:
+    for key, shape in _shapes_run(settings):
         where = (
             f"spread over {settings['spread_namespaces']} namespaces"
             if shape == "spread"
@@ -274,9 +274,15 @@ def scale_up_markdown(record: dict[str, Any] | None, pending: bool) -> list[str]
 
 
 def _total(contender: dict[str, Any] | None, key: str, field: str) -> float | None:
-    if contender is None or not contender["ok"]:
-        return None
+    if contender is None or not contender["ok"] or set(contender[key]) != set(PHASES):
+        return None  # failed, or a shape this run did not take (--shapes)
     return float(sum(contender[key][phase][field] for phase in PHASES))
+
+
+def _shapes_run(settings: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The (record key, shape) pairs this run took, in SHAPES' order."""
+    taken = settings.get("shapes") or [shape for _key, shape in SHAPES]
+    return tuple((key, shape) for key, shape in SHAPES if shape in taken)
 
 
 def goals(
@@ -402,10 +408,12 @@ def chart(path: Path, results: dict[str, Any]) -> None:
     contenders = results["contenders"]
     names = [c["name"] for c in contenders]
     scale_up = results.get("scale_up")
-    figure = plt.figure(figsize=(13, 8 if scale_up is None else 11.5))
-    grid = figure.add_gridspec(2 if scale_up is None else 3, 2)
+    shapes = _shapes_run(results["settings"])
+    rows = len(shapes) + (scale_up is not None)
+    figure = plt.figure(figsize=(13, 4 + 3.75 * (rows - 1)))
+    grid = figure.add_gridspec(rows, 2)
     width = 0.8 / len(PHASES)
-    for row, (key, shape) in enumerate(SHAPES):
+    for row, (key, shape) in enumerate(shapes):
         for column, (field, title) in enumerate(
             (
                 ("seconds", "time to convergence (s)"),
@@ -430,7 +438,9 @@ def chart(path: Path, results: dict[str, Any]) -> None:
                 ax.legend(fontsize=8)
     if scale_up is not None:
         _scale_up_panel(
-            figure.add_subplot(grid[2, :]), scale_up, "scale-up" in results.get("pending", ())
+            figure.add_subplot(grid[rows - 1, :]),
+            scale_up,
+            "scale-up" in results.get("pending", ()),
         )
     settings = results["settings"]
     figure.suptitle(

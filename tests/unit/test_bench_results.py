@@ -9,6 +9,7 @@ that fills a contender's record with phase records made from given measurements.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -121,7 +122,8 @@ def reports(tmp_path: Path, run: Settings, scale_up: ScaleUp | None = None) -> R
             "machine": "test",
             "started_at": "2026-12-02T00:00:00+00:00",
             "settings": {"deployments": 4, "replicas": 5, "pods": 20, "spread_namespaces": 4}
-            | {"kube_api_qps": 20.0, "kube_api_burst": 30, "deadline_seconds": run.deadline},
+            | {"kube_api_qps": 20.0, "kube_api_burst": 30, "deadline_seconds": run.deadline}
+            | {"shapes": list(run.shape_names)},
         },
         [contender.name for contender in run.contenders],
         scale_up=new_record(scale_up) if scale_up else None,
@@ -622,4 +624,57 @@ def test_a_bad_scale_up_flag_is_one_line_and_exit_2_before_anything_runs(
     name = flag.partition("=")[0]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"kubus bench: error: argument {name}: {says} "), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_of_the_spread_shape_alone_reports_that_shape_and_judges_no_other(
+    tmp_path: Path,
+) -> None:
+    run = dataclasses.replace(settings(tmp_path, KCM, "kubus-1"), shape_names=("spread",))
+    assert [shape.name for shape in run.shapes] == ["spread"]
+    fill_both = filled(10.0, [0.1])
+
+    def spread_only(
+        contender: Contender,
+        settings: Settings,
+        record: dict[str, Any],
+        progress: Callable[[str], None],
+    ) -> None:
+        fill_both(contender, settings, record, progress)
+        record["phases_one_namespace"].clear()  # what the harness leaves: the shape not run
+
+    run_all(run, lambda _line: None, reports(tmp_path, run).write, run_contender=spread_only)
+
+    out = tmp_path / "out"
+    results = strict_json(out / "results.json")
+    assert [c["ok"] for c in results["contenders"]] == [True, True]
+    markdown = (out / "results.md").read_text()
+    assert "## spread" in markdown and "## one-namespace" not in markdown
+    statuses = {goal["goal"]: goal["status"] for goal in results["goals"]}
+    assert statuses["kubus-2 time to convergence <= kcm's (spread, create+update+delete)"] == (
+        "not measured"  # no kubus-2 in this run
+    )
+    assert {status for goal, status in statuses.items() if "one-namespace" in goal} == {
+        "not measured"
+    }
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        ("--shapes=spread,diagonal", "unknown shape 'diagonal': the shapes are spread and"),
+        ("--shapes=,", "name at least one shape: spread, one-namespace"),
+        ("--shapes=spread,spread", "a shape is named twice in 'spread,spread'"),
+    ],
+)
+def test_a_bad_shapes_flag_is_one_line_and_exit_2_before_anything_runs(
+    flag: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", flag, f"--out={tmp_path}"])
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"kubus bench: error: argument --shapes: {says}"), lines
     assert list(tmp_path.iterdir()) == []

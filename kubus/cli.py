@@ -49,6 +49,12 @@ def _add_bench(subparsers: _Subparsers) -> None:
     cli.add_bench_command(subparsers)
 
 
+def _add_crd(subparsers: _Subparsers) -> None:
+    from reconcilers.operator import cli
+
+    cli.add_crd_commands(subparsers)
+
+
 def _add_deploy(subparsers: _Subparsers) -> None:
     from kubus.deploy import cli
 
@@ -76,6 +82,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
         _add_bench,
     ),
     Command("deploy", "generate in-cluster manifests", _add_deploy),
+    Command("crd", "CustomResourceDefinitions of typed custom resources", _add_crd),
 )
 
 

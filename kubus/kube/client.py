@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -365,6 +366,27 @@ class KubeClient:
         }[patch_type]
         path = _item(resource, namespace, name, subresource)
         return await self._write("PATCH", path, patch, content_type=content_type)
+
+    async def apply(
+        self,
+        resource: ApiResource,
+        namespace: str | None,
+        name: str,
+        body: Mapping[str, Any],
+        *,
+        field_manager: str,
+        force: bool = True,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """Server-side apply of ``body`` (the fields this manager owns) under ``field_manager``;
+        ``force`` takes over fields another manager set, as a controller must."""
+        path = _item(resource, namespace, name, subresource)
+        query = urllib.parse.urlencode(
+            {"fieldManager": field_manager, **({"force": "true"} if force else {})}
+        )
+        return await self._write(
+            "PATCH", f"{path}?{query}", body, content_type="application/apply-patch+yaml"
+        )
 
     async def delete(
         self,

@@ -54,3 +54,24 @@ def create_established_crd(kube: Any, manifest: dict[str, Any], *, timeout: floa
 
     wait_for(established, timeout=timeout, what=f"CRD {name} established")
     return name
+
+
+def delete_crd(kube: Any, name: str, *, timeout: float = 60) -> None:
+    """Delete the CRD and wait until it is gone (its objects deleted with it), so a next
+    create of the same name does not meet it still terminating."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    extensions = client.ApiextensionsV1Api(kube)
+    extensions.delete_custom_resource_definition(name)
+
+    def gone() -> bool:
+        try:
+            extensions.read_custom_resource_definition(name)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(gone, timeout=timeout, what=f"CRD {name} deleted")

@@ -1,0 +1,187 @@
+"""An operator written with reconcilers.operator, installed from a distribution of its own, run
+on a pool of two reconcilers beside kubus's garbage collector.
+
+tests/data/operator_package holds it: a Greeting is written into ``copies`` ConfigMaps it
+owns, its status carries ``copies``, ``observedGeneration`` and a ``Ready`` condition, and its
+finalizer's cleanup leaves a farewell ConfigMap before the Greeting goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.support.crds import create_established_crd, delete_crd
+from tests.support.services import kubus_pool
+from tests.support.wait import wait_for
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "operator_package"
+GROUP, VERSION, PLURAL = "operators.kubus.test", "v1", "greetings"
+FINALIZER = "operators.kubus.test/farewell"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The operator's distribution, pip-installed into a directory of its own."""
+    work = tmp_path_factory.mktemp("operator")
+    shutil.copytree(DATA, work / "src")
+    target = work / "site-packages"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"),
+            *("--target", str(target), str(work / "src")),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return target
+
+
+def with_operator(installed: Path, env: dict[str, str]) -> dict[str, str]:
+    path = [str(installed), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
+
+
+@pytest.fixture(scope="module")
+def greeting_crd(installed: Path, kube: Any) -> Iterator[str]:
+    """The CRD as `kubus crd generate` writes it from the installed package's types."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubus.cli",
+            "crd",
+            "generate",
+            "-o",
+            "json",
+            "kubus_test_greeting:Greeting",
+        ],
+        env=with_operator(installed, dict(os.environ)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    name = create_established_crd(kube, json.loads(result.stdout))
+    yield name
+    delete_crd(kube, name)
+
+
+@pytest.mark.usefixtures("greeting_crd")
+def test_the_operator_reconciles_updates_and_cleans_up_its_greetings(
+    installed: Path,
+    kube: Any,
+    namespace: str,
+    stack_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
+    env = with_operator(installed, stack_env)
+    controllers = "--controllers=greeting-operator,garbagecollector"
+    with kubus_pool(env, tmp_path, reconcilers=2, extra=[controllers]) as pool:
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Greeting",
+                "metadata": {"name": "hello"},
+                "spec": {"message": "hi", "copies": 2},
+            },
+        )
+
+        def greeting() -> dict[str, Any]:
+            got: dict[str, Any] = custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "hello"
+            )
+            return got
+
+        def copies() -> dict[str, str]:
+            found = core.list_namespaced_config_map(namespace).items
+            return {
+                cm.metadata.name: (cm.data or {}).get("message", "")
+                for cm in found
+                if cm.metadata.name.startswith("hello-") and cm.metadata.owner_references
+            }
+
+        def ready(generation: int) -> bool:
+            status = greeting().get("status") or {}
+            conditions = {c["type"]: c for c in status.get("conditions", [])}
+            return (
+                status.get("observedGeneration") == generation
+                and conditions.get("Ready", {}).get("status") == "True"
+            )
+
+        wait_for(lambda: ready(1), timeout=60, what="the Greeting Ready at generation 1")
+
+        def written_events() -> list[str]:
+            return [
+                event.message
+                for event in core.list_namespaced_event(namespace).items
+                if event.reason == "Written" and event.involved_object.kind == "Greeting"
+            ]
+
+        assert wait_for(written_events, timeout=30, what="the operator's Written event") == [
+            "2 copies"
+        ]
+        assert copies() == {"hello-0": "hi", "hello-1": "hi"}
+        created = greeting()
+        assert created["metadata"]["finalizers"] == [FINALIZER]
+        assert created["status"]["copies"] == 2
+        owner = core.read_namespaced_config_map("hello-0", namespace).metadata.owner_references[0]
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == (
+            "Greeting",
+            "hello",
+            created["metadata"]["uid"],
+            True,
+        )
+        # Written under the operator's field manager (server-side apply).
+        managers = core.read_namespaced_config_map("hello-0", namespace).metadata.managed_fields
+        assert "greeting-operator" in {entry.manager for entry in managers}
+
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "hello", {"spec": {"message": "hey", "copies": 1}}
+        )
+        wait_for(lambda: ready(2), timeout=60, what="the Greeting Ready at generation 2")
+        wait_for(
+            lambda: copies() == {"hello-0": "hey"},
+            timeout=60,
+            what="one copy left, with the new message",
+        )
+
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "hello")
+
+        def gone() -> bool:
+            try:
+                greeting()
+            except ApiException as error:
+                if error.status == 404:
+                    return True
+                raise
+            return False
+
+        wait_for(gone, timeout=60, what="the Greeting gone once its finalizer ran")
+        farewell = core.read_namespaced_config_map("hello-farewell", namespace)
+        assert farewell.data == {"said": "hey"}
+        wait_for(
+            lambda: copies() == {},
+            timeout=60,
+            what="its ConfigMaps collected by kubus's garbage collector",
+        )
+        logs = [process.log.read_text() for process in pool.reconcilers]
+    assert not any("Traceback" in log for log in logs)

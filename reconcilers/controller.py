@@ -10,6 +10,11 @@ the bus (cached for it), what it writes to the apiserver (verbs per resource: th
 RBAC is generated from it), its scope, its retry policy, its feature gates and its flags.
 :class:`ControllerBase` holds the defaults; any class with the same attributes meets the
 :class:`Controller` protocol.
+
+A controller class may also define ``async prepare(kube)`` (a classmethod or staticmethod):
+run once per process before the runtime discovers the resources controllers read, for what
+must exist by then (an operator installing its CRD). Its ``KubeApiError``, ``TimeoutError``
+or ``ValueError`` stops the process with one line naming the controller.
 """
 
 from __future__ import annotations

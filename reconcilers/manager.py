@@ -45,7 +45,7 @@ from bus.errors import BusError
 from bus.layout import BusLayout
 from bus.streams import StreamSettings, ensure_bucket, ensure_object_stream
 from bus.subjects import ObjectRef, ResourceType
-from kubus.kube import ApiResource, KubeClient, load_kube_config
+from kubus.kube import ApiResource, KubeApiError, KubeClient, load_kube_config
 from kubus.serving import BindAddress, ProbeServer
 from kubus.telemetry import setup_tracing, shutdown_tracing
 from reconcilers import metrics
@@ -160,6 +160,7 @@ class Manager:
                 kube_config, qps=config.kube_api_qps, burst=config.kube_api_burst, tracer=tracer
             ) as kube:
                 events = EventRecorder(kube, host=config.member)
+                await self._prepare(kube)
                 apis = await self._discover(kube)
                 self._cluster_scoped = {r for r, api in apis.items() if not api.namespaced}
                 context = Context(
@@ -301,6 +302,18 @@ class Manager:
     def _concurrency(self, name: str) -> int:
         controller = self._controllers[name]
         return self._config.concurrency.get(name, controller.default_concurrency)
+
+    async def _prepare(self, kube: KubeClient) -> None:
+        """Run each controller's optional ``prepare(kube)`` hook (an operator installing its
+        CRD) before discovery looks for what it reads."""
+        for controller_type in self._config.controllers:
+            prepare = getattr(controller_type, "prepare", None)
+            if prepare is None:
+                continue
+            try:
+                await prepare(kube)
+            except (KubeApiError, TimeoutError, ValueError) as error:
+                raise ManagerError(f"{controller_type.name}: {error}") from None
 
     async def _discover(self, kube: KubeClient) -> dict[ResourceType, ApiResource]:
         needed: set[ResourceType] = {ResourceType("", "v1", "pods")}

@@ -26,7 +26,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from bus.subjects import ResourceType
 from reconcilers.controller import (
@@ -41,7 +41,11 @@ from reconcilers.controller import (
 )
 from reconcilers.kinds import EVENTS
 from reconcilers.operator.context import OperatorContext
+from reconcilers.operator.crd import install
 from reconcilers.operator.resource import CustomResource, InvalidResource
+
+if TYPE_CHECKING:
+    from kubus.kube import KubeClient
 
 __all__ = ["Reconcile", "Watch", "operator"]
 
@@ -79,9 +83,12 @@ def operator(
     concurrency: int = 5,
     enabled_by_default: bool = False,
     flags: tuple[Flag, ...] = (),
+    install_crd: bool = False,
 ) -> type[ControllerBase]:
     """The controller class running ``reconcile`` for ``resource``; ``name`` is the name
-    ``--controllers`` selects it by."""
+    ``--controllers`` selects it by. ``install_crd``: each process applies the resource's CRD
+    at start (server-side, as field manager ``name``: created, or upgraded to this version's
+    schema) and waits for it to be served."""
     problems = []
     if not _NAME.fullmatch(name):
         problems.append(f"name {name!r} is not lowercase words joined by dashes")
@@ -143,6 +150,9 @@ def operator(
     def init(self: Any, context: Context) -> None:
         self._context = context
 
+    async def prepare(kube: KubeClient) -> None:
+        await install(kube, resource, field_manager=name)
+
     attributes: dict[str, Any] = {
         "__doc__": reconcile.__doc__ or f"The {name} operator of {kind}.",
         "__module__": reconcile.__module__,
@@ -170,6 +180,8 @@ def operator(
         "reconcile": reconcile_request,
         "resource_type": resource,
     }
+    if install_crd:
+        attributes["prepare"] = staticmethod(prepare)
     class_name = "".join(part.capitalize() for part in name.split("-"))
     return type(class_name, (ControllerBase,), attributes)
 

@@ -8,10 +8,13 @@ categories.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from bus.subjects import ResourceType
 from reconcilers.operator.resource import (
     CustomResource,
     InvalidDeclaration,
@@ -20,7 +23,13 @@ from reconcilers.operator.resource import (
 )
 from reconcilers.operator.schema import SchemaError, structural_schema
 
-__all__ = ["crd_name", "custom_resource_definition"]
+if TYPE_CHECKING:
+    from kubus.kube import KubeClient
+
+__all__ = ["crd_name", "custom_resource_definition", "install"]
+
+CRDS: Final = ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+ESTABLISHED_WITHIN: Final = 30.0
 
 
 def crd_name(cls: type[CustomResource]) -> str:
@@ -110,3 +119,24 @@ def _column(column: PrinterColumn) -> dict[str, Any]:
     if column.format:
         out["format"] = column.format
     return out
+
+
+async def install(kube: KubeClient, cls: type[CustomResource], *, field_manager: str) -> None:
+    """Apply ``cls``'s CRD (created, or upgraded to this schema) and wait until the apiserver
+    serves it: Established, and its names accepted; TimeoutError says which condition is not."""
+    manifest = custom_resource_definition(cls)
+    name = manifest["metadata"]["name"]
+    api = await kube.discover(CRDS.group, CRDS.version, CRDS.resource)
+    await kube.apply(api, None, name, manifest, field_manager=field_manager)
+    deadline = time.monotonic() + ESTABLISHED_WITHIN
+    while True:
+        crd = await kube.get(api, None, name)
+        conditions = {c.get("type"): c for c in crd.get("status", {}).get("conditions") or []}
+        rejected = conditions.get("NamesAccepted", {})
+        if rejected.get("status") == "False":
+            raise ValueError(f"CRD {name}: names not accepted: {rejected.get('message', '')}")
+        if conditions.get("Established", {}).get("status") == "True":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"CRD {name} not Established within {ESTABLISHED_WITHIN:.0f}s")
+        await asyncio.sleep(0.2)

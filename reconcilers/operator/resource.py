@@ -50,7 +50,7 @@ _KIND: Final = re.compile(r"[A-Z][A-Za-z0-9]*")
 COLUMN_TYPES: Final = ("integer", "number", "string", "boolean", "date")
 
 
-class InvalidDeclaration(Exception):
+class InvalidDeclaration(ValueError):
     """A custom resource class whose declaration cannot make a CRD (names the class)."""
 
 

@@ -28,6 +28,7 @@ from tests.support.wait import wait_for
 DATA = Path(__file__).resolve().parents[1] / "data" / "operator_package"
 GROUP, VERSION, PLURAL = "operators.kubus.test", "v1", "greetings"
 FINALIZER = "operators.kubus.test/farewell"
+SPEC_SCHEMA = "/spec/versions/0/schema/openAPIV3Schema/properties/spec"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def with_operator(installed: Path, env: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(path)}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def greeting_crd(installed: Path, kube: Any) -> Iterator[str]:
     """The CRD as `kubus crd generate` writes it from the installed package's types."""
     result = subprocess.run(
@@ -185,3 +186,40 @@ def test_the_operator_reconciles_updates_and_cleans_up_its_greetings(
         )
         logs = [process.log.read_text() for process in pool.reconcilers]
     assert not any("Traceback" in log for log in logs)
+
+
+def test_the_operator_installs_its_crd_at_start_and_upgrades_an_older_one(
+    installed: Path, kube: Any, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    extensions = client.ApiextensionsV1Api(kube)
+    name = f"{PLURAL}.{GROUP}"
+    env = with_operator(installed, stack_env)
+
+    def schema() -> dict[str, Any]:
+        crd = extensions.read_custom_resource_definition(name)
+        spec: dict[str, Any] = crd.spec.versions[0].schema.open_apiv3_schema.properties["spec"]
+        return spec
+
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    try:
+        with kubus_pool(env, tmp_path / "first", extra=["--controllers=greeting-operator"]):
+            crd = extensions.read_custom_resource_definition(name)
+            assert {c.type: c.status for c in crd.status.conditions}["Established"] == "True"
+            assert "greeting-operator" in {entry.manager for entry in crd.metadata.managed_fields}
+            assert set(schema().properties) == {"message", "copies"}
+        # An older release's schema, without `copies`: the next start brings it back.
+        extensions.patch_custom_resource_definition(
+            name,
+            [
+                {
+                    "op": "remove",
+                    "path": f"{SPEC_SCHEMA}/properties/copies",
+                }
+            ],
+        )
+        assert set(schema().properties) == {"message"}
+        with kubus_pool(env, tmp_path / "second", extra=["--controllers=greeting-operator"]):
+            assert set(schema().properties) == {"message", "copies"}
+    finally:
+        delete_crd(kube, name)

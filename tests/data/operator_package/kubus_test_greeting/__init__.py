@@ -97,4 +97,5 @@ GreetingOperator = operator(
     owns=(CONFIGMAPS,),
     finalizer="operators.kubus.test/farewell",
     cleanup=farewell,
+    install_crd=True,
 )

@@ -41,7 +41,7 @@ from reconcilers.controller import (
 )
 from reconcilers.kinds import EVENTS
 from reconcilers.operator.context import OperatorContext
-from reconcilers.operator.crd import install
+from reconcilers.operator.crd import CRDS, install
 from reconcilers.operator.resource import CustomResource, InvalidResource
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def operator(
             for state in (obj, old):  # a change of owner moves the request to both
                 owner = _controller_of(state, api_version, kind)
                 if owner is not None:
-                    requests.append(Request(state["metadata"].get("namespace"), owner))  # type: ignore[index]
+                    requests.append(owner)
         watch = watched.get(changed)
         if watch is not None:
             requests += [Request(namespace, key) for namespace, key in watch.map(current)]
@@ -166,6 +166,7 @@ def operator(
             *(Permission.on(r, "get", "list", "watch", *_OWNED_VERBS) for r in owns),
             *(Permission.on(w, "get", "list", "watch") for w in watched),
             Permission.on(EVENTS, "create", "patch"),
+            *((Permission.on(CRDS, "get", "create", "patch"),) if install_crd else ()),
             *permissions,
         ),
         "concurrency_flag": f"concurrent-{name.removesuffix('-controller')}-syncs",
@@ -186,13 +187,16 @@ def operator(
     return type(class_name, (ControllerBase,), attributes)
 
 
-def _controller_of(state: Object | None, api_version: str, kind: str) -> str | None:
+def _controller_of(state: Object | None, api_version: str, kind: str) -> Request | None:
+    """The request of ``state``'s controller owner, when that is of the operator's kind."""
     if state is None:
         return None
-    for reference in state.get("metadata", {}).get("ownerReferences") or ():
+    metadata = state.get("metadata", {})
+    for reference in metadata.get("ownerReferences") or ():
         if reference.get("controller"):
-            matches = reference.get("kind") == kind and reference.get("apiVersion") == api_version
-            return reference.get("name") if matches else None
+            if reference.get("kind") != kind or reference.get("apiVersion") != api_version:
+                return None
+            return Request(metadata.get("namespace"), reference.get("name", ""))
     return None
 
 

@@ -5,6 +5,11 @@ this cache and then applies every delivery. Objects are decoded JSON (``dict``);
 removes the object. Indexes: by namespace; by the uid of the controlling owner, which is what
 ReplicaSet, Deployment, Job and DaemonSet controllers look up on every sync; and, for the
 garbage collector's dependency graph, by uid and by the uid of every owner an object references.
+
+Objects are kept without ``metadata.managedFields``: no controller reads them, and they were
+two fifths of a cached pod's memory (22.6 KB of dicts with them, 13.4 KB without, measured on
+200 kwok pods). A write of a cached object leaves them as they are: the apiserver keeps an
+object's managed fields when an update does not set them.
 """
 
 from __future__ import annotations
@@ -69,11 +74,12 @@ class ObjectCache:
         if envelope.deleted:
             return previous
         obj: Object = envelope.object()
+        meta = obj.get("metadata", {})
+        meta.pop("managedFields", None)
         self._objects[ref] = obj
         self._counts[ref.resource] += 1
         self._partition_of[ref] = partition
         self._by_namespace[(ref.resource, ref.namespace)].add(ref)
-        meta = obj.get("metadata", {})
         if uid := meta.get("uid"):
             self._by_uid[uid] = ref
         if meta.get("ownerReferences"):

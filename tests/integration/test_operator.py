@@ -79,10 +79,27 @@ def greeting_crd(installed: Path, kube: Any) -> Iterator[str]:
     assert result.returncode == 0, result.stderr
     name = create_established_crd(kube, json.loads(result.stdout))
     yield name
+    release_greetings(kube)
     delete_crd(kube, name)
 
 
-def reconcile_trace(stack_env: dict[str, str], namespace: str) -> Any:
+def release_greetings(kube: Any) -> None:
+    """Take the operator's finalizer off Greetings a failed test left, so the CRD can go."""
+    custom = client.CustomObjectsApi(kube)
+    for item in custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]:
+        meta = item["metadata"]
+        if meta.get("finalizers"):
+            custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                {"metadata": {"finalizers": None}},
+            )
+
+
+def reconcile_trace(stack_env: dict[str, str], namespace: str, copies: int) -> Any:
     """A trace of a reconcile of the Greeting that wrote its copies: (trace, reconcile span,
     its children, its parent), or None while Jaeger has none."""
     url = (
@@ -98,7 +115,9 @@ def reconcile_trace(stack_env: dict[str, str], namespace: str) -> Any:
         spans = {s["spanID"]: s for s in trace["spans"]}
         for span in spans.values():
             tags = {t["key"]: t["value"] for t in span["tags"]}
-            if tags.get("k8s.object.key") != f"{namespace}/hello" or "greeting.copies" not in tags:
+            if tags.get("k8s.object.key") != f"{namespace}/hello" or (
+                tags.get("greeting.copies") != copies
+            ):
                 continue
             children = [
                 s
@@ -200,7 +219,7 @@ def test_the_operator_reconciles_updates_and_cleans_up_its_greetings(
         )
 
         trace, reconcile, children, parent = wait_for(
-            lambda: reconcile_trace(stack_env, namespace),
+            lambda: reconcile_trace(stack_env, namespace, copies=2),
             timeout=60,
             what="a greeting-operator reconcile trace in Jaeger",
         )
@@ -272,4 +291,91 @@ def test_the_operator_installs_its_crd_at_start_and_upgrades_an_older_one(
         with kubus_pool(env, tmp_path / "second", extra=["--controllers=greeting-operator"]):
             assert set(schema().properties) == {"message", "copies"}
     finally:
+        release_greetings(kube)
+        delete_crd(kube, name)
+
+
+def test_an_object_that_does_not_match_the_types_is_an_event_and_the_others_go_on(
+    installed: Path, kube: Any, namespace: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An older CRD that let ``copies`` be any string: such a Greeting is reported on itself,
+    never crashing the operator, which goes on with the good ones."""
+    core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
+    env = with_operator(installed, stack_env)
+    generated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubus.cli",
+            "crd",
+            "generate",
+            "-o",
+            "json",
+            "kubus_test_greeting:Greeting",
+        ],
+        env=with_operator(installed, dict(os.environ)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    crd = json.loads(generated.stdout)
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["copies"] = {"x-kubernetes-int-or-string": True}
+    name = create_established_crd(kube, crd)
+    try:
+        for greeting, copies in (("bad", "many"), ("good", 1)):
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "Greeting",
+                    "metadata": {"name": greeting},
+                    "spec": {"message": "hi", "copies": copies},
+                },
+            )
+        # The operator does not install its CRD here: the old one stays, as a user who
+        # upgrades the operator before the CRD would have it.
+        with kubus_pool(
+            {**env, "KUBUS_TEST_GREETING_NO_INSTALL": "1"},
+            tmp_path,
+            extra=["--controllers=greeting-operator"],
+        ) as pool:
+
+            def invalid_events() -> list[str]:
+                return [
+                    event.message
+                    for event in core.list_namespaced_event(namespace).items
+                    if event.reason == "InvalidObject" and event.involved_object.name == "bad"
+                ]
+
+            (message,) = wait_for(invalid_events, timeout=60, what="an InvalidObject event")
+            assert message == (
+                f"Greeting {namespace}/bad: Expected `int`, got `str` - at `$.spec.copies`"
+            )
+
+            def good_copy() -> bool:
+                names = [
+                    cm.metadata.name for cm in core.list_namespaced_config_map(namespace).items
+                ]
+                return "good-0" in names
+
+            wait_for(good_copy, timeout=60, what="the good Greeting's copy")
+            # Deleted while the operator runs, so the good one's finalizer is taken off.
+            for greeting in ("bad", "good"):
+                custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, greeting)
+
+            def greetings() -> list[str]:
+                found = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                return [item["metadata"]["name"] for item in found["items"]]
+
+            wait_for(lambda: not greetings(), timeout=60, what="both Greetings gone")
+            log = pool.reconcilers[0].log.read_text()
+        assert f"Greeting {namespace}/bad: Expected `int`, got `str` - at `$.spec.copies`" in log
+        assert "Traceback" not in log
+    finally:
+        release_greetings(kube)
         delete_crd(kube, name)

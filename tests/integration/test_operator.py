@@ -56,9 +56,8 @@ def with_operator(installed: Path, env: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(path)}
 
 
-@pytest.fixture
-def greeting_crd(installed: Path, kube: Any) -> Iterator[str]:
-    """The CRD as `kubus crd generate` writes it from the installed package's types."""
+def generated_crd(installed: Path) -> dict[str, Any]:
+    """The Greeting CRD as `kubus crd generate` writes it from the installed package's types."""
     result = subprocess.run(
         [
             sys.executable,
@@ -77,7 +76,14 @@ def greeting_crd(installed: Path, kube: Any) -> Iterator[str]:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    name = create_established_crd(kube, json.loads(result.stdout))
+    crd: dict[str, Any] = json.loads(result.stdout)
+    return crd
+
+
+@pytest.fixture
+def greeting_crd(installed: Path, kube: Any) -> Iterator[str]:
+    """The CRD as `kubus crd generate` writes it from the installed package's types."""
+    name = create_established_crd(kube, generated_crd(installed))
     yield name
     release_greetings(kube)
     delete_crd(kube, name)
@@ -302,24 +308,7 @@ def test_an_object_that_does_not_match_the_types_is_an_event_and_the_others_go_o
     never crashing the operator, which goes on with the good ones."""
     core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
     env = with_operator(installed, stack_env)
-    generated = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kubus.cli",
-            "crd",
-            "generate",
-            "-o",
-            "json",
-            "kubus_test_greeting:Greeting",
-        ],
-        env=with_operator(installed, dict(os.environ)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    crd = json.loads(generated.stdout)
+    crd = generated_crd(installed)
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     spec["properties"]["copies"] = {"x-kubernetes-int-or-string": True}
     name = create_established_crd(kube, crd)

@@ -19,10 +19,14 @@ __all__ = [
     "EVENTS",
     "NAMESPACES",
     "NODES",
+    "PERSISTENTVOLUMECLAIMS",
+    "PERSISTENTVOLUMES",
     "PODS",
     "REPLICASETS",
     "SECRETS",
     "SERVICEACCOUNTS",
+    "SERVICES",
+    "STORAGECLASSES",
     "Object",
     "clone",
 ]
@@ -49,3 +53,7 @@ NAMESPACES: Final = ResourceType("", "v1", "namespaces")
 SERVICEACCOUNTS: Final = ResourceType("", "v1", "serviceaccounts")
 SECRETS: Final = ResourceType("", "v1", "secrets")
 CONFIGMAPS: Final = ResourceType("", "v1", "configmaps")
+SERVICES: Final = ResourceType("", "v1", "services")
+PERSISTENTVOLUMES: Final = ResourceType("", "v1", "persistentvolumes")
+PERSISTENTVOLUMECLAIMS: Final = ResourceType("", "v1", "persistentvolumeclaims")
+STORAGECLASSES: Final = ResourceType("storage.k8s.io", "v1", "storageclasses")

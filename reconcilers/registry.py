@@ -30,7 +30,12 @@ from typing import Final, Protocol, TypeVar
 
 from reconcilers import external
 from reconcilers.controller import Context, Controller, Flag
-from reconcilers.controllers.flags import ENABLE_GARBAGE_COLLECTOR, NAMESPACE_SYNC_PERIOD
+from reconcilers.controllers.flags import (
+    ENABLE_DYNAMIC_PROVISIONING,
+    ENABLE_GARBAGE_COLLECTOR,
+    NAMESPACE_SYNC_PERIOD,
+    PVCLAIMBINDER_SYNC_PERIOD,
+)
 from reconcilers.controllers.serviceaccount.options import PRIVATE_KEY_FILE, ROOT_CA_FILE
 
 __all__ = [
@@ -218,6 +223,15 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             "namespace-controller", "concurrent-namespace-syncs", 10, flags=(NAMESPACE_SYNC_PERIOD,)
         ),
         _lazy("reconcilers.controllers.namespace", "NamespaceController"),
+    ),
+    Builtin(
+        Declared(
+            "persistentvolume-binder-controller",
+            "concurrent-persistentvolume-binder-syncs",
+            2,
+            flags=(PVCLAIMBINDER_SYNC_PERIOD, ENABLE_DYNAMIC_PROVISIONING),
+        ),
+        _lazy("reconcilers.controllers.persistentvolume", "PersistentVolumeBinderController"),
     ),
     Builtin(
         Declared(

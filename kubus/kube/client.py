@@ -265,12 +265,15 @@ class KubeClient:
         continue_token: str | None = None,
         metadata_only: bool = False,
         namespace: str | None = None,
+        field_selector: str | None = None,
     ) -> ListPage:
         """One page, cluster-wide or of one ``namespace``; with ``metadata_only`` the items
         are PartialObjectMetadata."""
         params: dict[str, str] = {"limit": str(limit)}
         if continue_token:
             params["continue"] = continue_token
+        if field_selector is not None:
+            params["fieldSelector"] = field_selector
         accept = METADATA_LIST_ACCEPT if metadata_only else None
         path = _collection(resource, namespace) if namespace else resource.path
         return decode_list_page(await self._get(path, params, accept=accept))

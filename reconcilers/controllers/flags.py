@@ -1,4 +1,5 @@
-"""The flags of the garbage collector and of the namespace controller, apart from them.
+"""The flags of the garbage collector, the namespace controller and the persistentvolume binder,
+apart from them.
 
 Their packages import the controllers, so the flags live here: the registry declares them to
 the command line (``kubus reconciler --help`` lists every controller's flags) without importing
@@ -12,7 +13,13 @@ from typing import Final
 from kubus.cliutil import duration
 from reconcilers.controller import Flag
 
-__all__ = ["ENABLE_GARBAGE_COLLECTOR", "NAMESPACE_SYNC_PERIOD", "parse_bool"]
+__all__ = [
+    "ENABLE_DYNAMIC_PROVISIONING",
+    "ENABLE_GARBAGE_COLLECTOR",
+    "NAMESPACE_SYNC_PERIOD",
+    "PVCLAIMBINDER_SYNC_PERIOD",
+    "parse_bool",
+]
 
 
 def parse_bool(text: str) -> bool:
@@ -39,4 +46,19 @@ NAMESPACE_SYNC_PERIOD: Final = Flag(
     duration(minimum=0.0),
     shown_default="5m0s",
     metavar="DURATION",
+)
+PVCLAIMBINDER_SYNC_PERIOD: Final = Flag(
+    "pvclaimbinder-sync-period",
+    15.0,
+    "the period for syncing persistent volumes and persistent volume claims",
+    duration(minimum=0.0),
+    shown_default="15s",
+    metavar="DURATION",
+)
+ENABLE_DYNAMIC_PROVISIONING: Final = Flag(
+    "enable-dynamic-provisioning",
+    True,
+    "enable dynamic provisioning for environments that support it",
+    parse_bool,
+    metavar="true|false",
 )

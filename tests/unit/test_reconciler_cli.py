@@ -12,6 +12,7 @@ from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
 from reconcilers.controllers.namespace import NamespaceController
+from reconcilers.controllers.persistentvolume import PersistentVolumeBinderController
 from reconcilers.controllers.replicaset import ReplicaSetController
 from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
 from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
@@ -28,6 +29,7 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
         DeploymentController,
         GarbageCollectorController,
         NamespaceController,
+        PersistentVolumeBinderController,
         ReplicaSetController,
         RootCACertPublisher,
         ServiceAccountsController,

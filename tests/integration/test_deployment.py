@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from tests.support.jaeger import ReconcileTrace, find_reconcile
 from tests.support.rollout import RolloutChecker
 from tests.support.services import kubus_pool
 from tests.support.system import create_namespace
@@ -335,47 +334,20 @@ def test_a_reconcile_is_traced_from_the_watcher_to_the_apiserver(
         apps.create_namespaced_deployment(namespace, deployment("traced", 1))
         wait_for(lambda: complete(apps, namespace, "traced"), timeout=60, what="rollout")
 
-        def trace_with_reconcile() -> Any:
-            url = (
-                f"{stack_env['JAEGER_QUERY_URL']}/api/traces?service=kubus-reconciler"
-                f"&operation=reconcile%20deployment-controller&limit=200&lookback=1h"
+        def of_traced(found: ReconcileTrace) -> bool:
+            return found.tags.get("k8s.object.key") == f"{namespace}/traced" and bool(
+                found.children
             )
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    traces = json.load(response)["data"]
-            except OSError:
-                return None
-            for trace in traces:
-                spans = {s["spanID"]: s for s in trace["spans"]}
-                for span in spans.values():
-                    tags = {t["key"]: t["value"] for t in span["tags"]}
-                    if (
-                        span["operationName"] == "reconcile deployment-controller"
-                        and tags.get("k8s.object.key") == f"{namespace}/traced"
-                    ):
-                        children = [
-                            s
-                            for s in spans.values()
-                            if any(
-                                r["refType"] == "CHILD_OF" and r["spanID"] == span["spanID"]
-                                for r in s["references"]
-                            )
-                        ]
-                        parents = [
-                            r["spanID"] for r in span["references"] if r["refType"] == "CHILD_OF"
-                        ]
-                        if children and parents and parents[0] in spans:
-                            return trace, span, children, spans[parents[0]]
-            return None
 
-        trace, _span, children, parent = wait_for(
-            trace_with_reconcile, timeout=60, what="a reconcile trace in Jaeger"
+        found = wait_for(
+            lambda: find_reconcile(stack_env, "deployment-controller", of_traced),
+            timeout=60,
+            what="a reconcile trace in Jaeger",
         )
-    services = {pid: p["serviceName"] for pid, p in trace["processes"].items()}
-    assert services[parent["processID"]] == "kubus-watcher"
-    assert parent["operationName"].startswith("publish ")
-    assert any(c["operationName"].startswith(("POST ", "PUT ", "PATCH ")) for c in children)
-    assert all(services[c["processID"]] in ("kubus-reconciler", "apiserver") for c in children)
+    assert found.service(found.parent) == "kubus-watcher"
+    assert found.parent["operationName"].startswith("publish ")
+    assert any(c["operationName"].startswith(("POST ", "PUT ", "PATCH ")) for c in found.children)
+    assert all(found.service(c) in ("kubus-reconciler", "apiserver") for c in found.children)
 
 
 def test_rolling_back_to_an_earlier_template_reuses_its_replicaset(

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.support.crds import create_established_crd, delete_crd
+from tests.support.jaeger import ReconcileTrace, find_reconcile
 from tests.support.services import kubus_pool
 from tests.support.wait import wait_for
 
@@ -106,38 +106,17 @@ def release_greetings(kube: Any) -> None:
 
 
 def reconcile_trace(stack_env: dict[str, str], namespace: str, copies: int) -> Any:
-    """A trace of a reconcile of the Greeting that wrote its copies: (trace, reconcile span,
-    its children, its parent), or None while Jaeger has none."""
-    url = (
-        f"{stack_env['JAEGER_QUERY_URL']}/api/traces?service=kubus-reconciler"
-        "&operation=reconcile%20greeting-operator&limit=200&lookback=1h"
-    )
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            traces = json.load(response)["data"]
-    except OSError:
-        return None
-    for trace in traces:
-        spans = {s["spanID"]: s for s in trace["spans"]}
-        for span in spans.values():
-            tags = {t["key"]: t["value"] for t in span["tags"]}
-            if tags.get("k8s.object.key") != f"{namespace}/hello" or (
-                tags.get("greeting.copies") != copies
-            ):
-                continue
-            children = [
-                s
-                for s in spans.values()
-                if any(
-                    r["refType"] == "CHILD_OF" and r["spanID"] == span["spanID"]
-                    for r in s["references"]
-                )
-            ]
-            parents = [r["spanID"] for r in span["references"] if r["refType"] == "CHILD_OF"]
-            writes = [c for c in children if c["operationName"].startswith("PATCH ")]
-            if writes and parents and parents[0] in spans:
-                return trace, span, children, spans[parents[0]]
-    return None
+    """A reconcile of the Greeting that wrote its copies, or None while Jaeger has none."""
+
+    def wrote_copies(found: ReconcileTrace) -> bool:
+        tags = found.tags
+        return (
+            tags.get("k8s.object.key") == f"{namespace}/hello"
+            and tags.get("greeting.copies") == copies
+            and any(c["operationName"].startswith("PATCH ") for c in found.children)
+        )
+
+    return find_reconcile(stack_env, "greeting-operator", wrote_copies)
 
 
 @pytest.mark.usefixtures("greeting_crd")
@@ -224,21 +203,16 @@ def test_the_operator_reconciles_updates_and_cleans_up_its_greetings(
             what="one copy left, with the new message",
         )
 
-        trace, reconcile, children, parent = wait_for(
+        found = wait_for(
             lambda: reconcile_trace(stack_env, namespace, copies=2),
             timeout=60,
             what="a greeting-operator reconcile trace in Jaeger",
         )
-        services = {pid: p["serviceName"] for pid, p in trace["processes"].items()}
-        assert services[parent["processID"]] == "kubus-watcher"
-        assert parent["operationName"].startswith("publish ")
-        tags = {t["key"]: t["value"] for t in reconcile["tags"]}
-        assert tags["greeting.copies"] == 2
-        events = [
-            f["value"] for log in reconcile["logs"] for f in log["fields"] if f["key"] == "event"
-        ]
-        assert "copies_written" in events
-        assert any(c["operationName"].startswith("PATCH ") for c in children)
+        assert found.service(found.parent) == "kubus-watcher"
+        assert found.parent["operationName"].startswith("publish ")
+        assert found.tags["greeting.copies"] == 2
+        assert "copies_written" in found.events
+        assert any(c["operationName"].startswith("PATCH ") for c in found.children)
 
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "hello")
 

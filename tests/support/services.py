@@ -26,8 +26,17 @@ def free_port() -> int:
 class ServiceProcess:
     """One `kubus <command>` process with its probe and metrics ports and its log file."""
 
-    def __init__(self, command: Sequence[str], *, env: Mapping[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        log: Path,
+        kubus: Sequence[str] | None = None,
+    ) -> None:
         self.command = list(command)
+        # How `kubus` is run: this interpreter's, unless another (e.g. a virtualenv's) is given.
+        self.kubus = list(kubus or (sys.executable, "-m", "kubus.cli"))
         self.health_port = free_port()
         self.metrics_port = free_port()
         self.log = log
@@ -36,9 +45,7 @@ class ServiceProcess:
 
     def start(self, *, wait_ready: bool = True, timeout: float = 60) -> None:
         argv = [
-            sys.executable,
-            "-m",
-            "kubus.cli",
+            *self.kubus,
             *self.command,
             f"--health-probe-bind-address=127.0.0.1:{self.health_port}",
             f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
@@ -141,6 +148,7 @@ class Pool:
         *,
         env: Mapping[str, str] | None = None,
         watcher_args: Sequence[str] = (),
+        kubus: Sequence[str] | None = None,
     ) -> None:
         self.prefix = prefix
         self._env = {**os.environ, **stack_env, **(env or {})}
@@ -150,13 +158,17 @@ class Pool:
             f"--bus-prefix={prefix}",
         ]
         self.watcher = ServiceProcess(
-            ["watcher", *common, *watcher_args], env=self._env, log=tmp_path / "watcher.log"
+            ["watcher", *common, *watcher_args],
+            env=self._env,
+            log=tmp_path / "watcher.log",
+            kubus=kubus,
         )
         self.reconcilers = [
             ServiceProcess(
                 ["reconciler", *common, *extra],
                 env=self._env,
                 log=tmp_path / f"reconciler-{index}.log",
+                kubus=kubus,
             )
             for index in range(reconcilers)
         ]
@@ -188,7 +200,10 @@ def kubus_pool(
     extra: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     watcher_args: Sequence[str] = (),
+    kubus: Sequence[str] | None = None,
 ) -> Iterator[Pool]:
+    """A watcher and ``reconcilers`` processes; ``kubus``: the command that runs kubus (default
+    ``python -m kubus.cli`` of this interpreter)."""
     import uuid
 
     pool = Pool(
@@ -199,6 +214,7 @@ def kubus_pool(
         extra,
         env=env,
         watcher_args=watcher_args,
+        kubus=kubus,
     )
     try:
         pool.start()

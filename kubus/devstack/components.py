@@ -31,6 +31,7 @@ __all__ = [
     "jaeger_launch",
     "kwok_launch",
     "nats_launch",
+    "provisioner_launch",
     "reconciler_launch",
     "scheduler_launch",
     "service_account_flags",
@@ -50,6 +51,7 @@ PORT_NAMES = (
     "apiserver",
     "scheduler",
     "kwok",
+    "provisioner-health",
     "nats",
     "nats-monitor",
     "otlp-grpc",
@@ -195,6 +197,23 @@ def kwok_launch(layout: Layout) -> Launch:
         f"--server-address={HOST}:{layout.ports['kwok']}",
     )
     return Launch("kwok", argv, _http_probe(layout.url("kwok") + "/healthz", expect=b"ok"))
+
+
+def provisioner_launch(layout: Layout) -> Launch:
+    """The stack's external provisioner (:mod:`kubus.devstack.provisioner`): volumes for the
+    claims of the default StorageClass, as a CSI driver's external-provisioner makes them."""
+    argv = (
+        sys.executable,
+        "-m",
+        "kubus.devstack.provisioner",
+        f"--kubeconfig={layout.kubeconfig}",
+        f"--health-probe-bind-address={HOST}:{layout.ports['provisioner-health']}",
+    )
+    return Launch(
+        "provisioner",
+        argv,
+        _http_probe(layout.url("provisioner-health") + "/readyz", expect=b"ok"),
+    )
 
 
 def nats_launch(layout: Layout) -> Launch:

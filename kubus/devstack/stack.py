@@ -1,7 +1,8 @@
 """The dev stack: a real control plane, NATS JetStream and Jaeger on 127.0.0.1, no Docker.
 
 Start order follows the dependencies: etcd, NATS and Jaeger first (all independent), then
-kube-apiserver on etcd, then kube-scheduler and kwok on the apiserver, and last the fake nodes.
+kube-apiserver on etcd, then kube-scheduler, kwok and the external provisioner on the apiserver,
+and last the default StorageClass and the fake nodes.
 Whatever fails on the way, everything already started is stopped before the error is raised,
 so a failed ``up`` leaves no process behind.
 """
@@ -25,6 +26,7 @@ from kubus.devstack.pki import write_kubeconfig, write_pki
 from kubus.devstack.ports import allocate_ports
 from kubus.devstack.process import ProcessRecord, is_alive, spawn, stop, tail
 from kubus.devstack.state import StateDir
+from kubus.devstack.storage import default_storage_class
 
 __all__ = ["DevStack", "StackConfig", "down"]
 
@@ -132,16 +134,21 @@ class DevStack:
         for launch in early[1:]:
             self._await_ready(launch, progress)
         self._await_ready(apiserver, progress)
-        late = [components.scheduler_launch(layout), components.kwok_launch(layout)]
+        late = [
+            components.scheduler_launch(layout),
+            components.kwok_launch(layout),
+            components.provisioner_launch(layout),
+        ]
         for launch in late:
             self._spawn(launch, layout)
         for launch in late:
             self._await_ready(launch, progress)
+        _create_default_storage_class(layout.kubeconfig)
         _create_fake_nodes(layout.kubeconfig, self._config.nodes)
         self._wait_for(
             lambda: _ready_fake_nodes(layout.kubeconfig) >= self._config.nodes,
             what=f"{self._config.nodes} fake nodes to become Ready",
-            log=self._records[-1].log,
+            log=next(r.log for r in self._records if r.name == "kwok"),
         )
         progress(f"{self._config.nodes} fake nodes Ready")
         if self._config.services:
@@ -256,6 +263,22 @@ def _api(kubeconfig: Path) -> Any:
 
     api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     return client.CoreV1Api(api_client)
+
+
+def _create_default_storage_class(kubeconfig: Path) -> None:
+    """``standard``, the default class, of the stack's provisioner (kind's has one too)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api: Any = client.StorageV1Api(_api(kubeconfig).api_client)
+    body = default_storage_class()
+    try:
+        api.create_storage_class(body)
+    except ApiException as error:
+        if error.status != 409:
+            raise ComponentError(
+                f"cannot create StorageClass {body['metadata']['name']}: {error.reason}"
+            ) from error
 
 
 def _create_fake_nodes(kubeconfig: Path, count: int) -> None:

@@ -91,6 +91,7 @@ def _check_detached_stack_then_stop_it(
         "kube-apiserver",
         "kube-scheduler",
         "kwok",
+        "provisioner",
         "kubus-watcher",
         "kubus-reconciler-0",
         "kubus-reconciler-1",
@@ -197,7 +198,7 @@ def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     state_dir = tmp_path / "stack"
     foreground, records = start_in_foreground(state_dir)
     try:
-        assert len(records) == 6
+        assert len(records) == 7  # the infrastructure, the provisioner included
         assert all(_alive(record["pid"]) for record in records)
 
         foreground.send_signal(signal.SIGINT)

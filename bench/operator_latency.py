@@ -496,7 +496,7 @@ async def drive_patches(
 
         async def patch(key: str, marker: int) -> None:
             name = key.split("/", 1)[1]
-            body = json.dumps({"metadata": {"annotations": {MARKER: str(marker)}}})
+            body = json.dumps({"metadata": {"annotations": {MARKER: str(marker)}}}, allow_nan=False)
             sent = time.time()
             async with http.patch(
                 f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}/{name}", data=body

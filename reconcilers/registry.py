@@ -234,6 +234,16 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
         _lazy("reconcilers.controllers.persistentvolume", "PersistentVolumeBinderController"),
     ),
     Builtin(
+        Declared("persistentvolume-protection-controller", "concurrent-pv-protection-syncs", 1),
+        _lazy("reconcilers.controllers.pvprotection", "PVProtectionController"),
+    ),
+    Builtin(
+        Declared(
+            "persistentvolumeclaim-protection-controller", "concurrent-pvc-protection-syncs", 1
+        ),
+        _lazy("reconcilers.controllers.pvcprotection", "PVCProtectionController"),
+    ),
+    Builtin(
         Declared(
             "replicaset-controller",
             "concurrent-replicaset-syncs",

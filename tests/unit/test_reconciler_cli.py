@@ -13,6 +13,8 @@ from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
 from reconcilers.controllers.namespace import NamespaceController
 from reconcilers.controllers.persistentvolume import PersistentVolumeBinderController
+from reconcilers.controllers.pvcprotection import PVCProtectionController
+from reconcilers.controllers.pvprotection import PVProtectionController
 from reconcilers.controllers.replicaset import ReplicaSetController
 from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
 from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
@@ -30,6 +32,8 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
         GarbageCollectorController,
         NamespaceController,
         PersistentVolumeBinderController,
+        PVCProtectionController,
+        PVProtectionController,
         ReplicaSetController,
         RootCACertPublisher,
         ServiceAccountsController,

@@ -9,10 +9,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-import shutil
 import subprocess
-import sys
-import sysconfig
 import time
 import uuid
 from collections import defaultdict
@@ -30,6 +27,7 @@ from tests.support.crds import create_established_crd, delete_crd
 from tests.support.jaeger import ReconcileTrace, find_reconcile
 from tests.support.services import kubus_pool
 from tests.support.system import create_namespace
+from tests.support.venv import entry_points_of, installed_beside_kubus
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -66,43 +64,9 @@ SMALL = {"cpu": "100m", "memory": "256Mi"}
 def kubus_command(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """`kubus` as run from a fresh virtualenv that has the operator pip-installed (built from a
     copy of examples/mysql-operator, so the tree gets no build/ or egg-info)."""
-    work = tmp_path_factory.mktemp("mysql-operator")
-    venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    # kubus and its dependencies, as this interpreter has them: a virtualenv made from one
-    # (the repo's .venv) would inherit only the base interpreter's with --system-site-packages.
-    site_packages = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    ours = sysconfig.get_paths()["purelib"]
-    (Path(site_packages) / "_kubus.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
-    shutil.copytree(
-        EXAMPLE, work / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    )
-    result = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(work / "src")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    python = installed_beside_kubus(EXAMPLE, tmp_path_factory.mktemp("mysql-operator"))
     command = [str(python), "-m", "kubus.cli"]
-    listed = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "from importlib.metadata import entry_points; "
-            "print([e.value for e in entry_points(group='kubus.controllers')])",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listed = entry_points_of(python)
     assert "kubus_mysql:MySQLOperator" in listed, "the entry point is installed"
     return command
 

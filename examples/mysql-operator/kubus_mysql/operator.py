@@ -22,10 +22,10 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 
-from bus.subjects import ResourceType
 from kubus.kube import AlreadyExistsError
 from reconcilers.controller import Permission
-from reconcilers.kinds import PODS, SECRETS
+from reconcilers.kinds import PERSISTENTVOLUMECLAIMS as PVCS
+from reconcilers.kinds import PODS, SECRETS, SERVICES
 from reconcilers.operator import (
     Condition,
     CustomResource,
@@ -37,9 +37,6 @@ from reconcilers.operator import (
 )
 
 __all__ = ["MySQLCluster", "MySQLClusterSpec", "MySQLClusterStatus", "MySQLOperator"]
-
-SERVICES: Final = ResourceType("", "v1", "services")
-PVCS: Final = ResourceType("", "v1", "persistentvolumeclaims")
 
 # Kubernetes quantities, as the apiserver would parse them (no signs, no exponents).
 CPU: Final = r"^[0-9]+(\.[0-9]+)?m?$"

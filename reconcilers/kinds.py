@@ -17,12 +17,14 @@ __all__ = [
     "CONFIGMAPS",
     "DEPLOYMENTS",
     "EVENTS",
+    "JOBS",
     "NAMESPACES",
     "NODES",
     "PERSISTENTVOLUMECLAIMS",
     "PERSISTENTVOLUMES",
     "PODS",
     "REPLICASETS",
+    "REPLICATIONCONTROLLERS",
     "SECRETS",
     "SERVICEACCOUNTS",
     "SERVICES",
@@ -46,7 +48,9 @@ def clone(value: _Json) -> _Json:
 
 PODS: Final = ResourceType("", "v1", "pods")
 REPLICASETS: Final = ResourceType("apps", "v1", "replicasets")
+REPLICATIONCONTROLLERS: Final = ResourceType("", "v1", "replicationcontrollers")
 DEPLOYMENTS: Final = ResourceType("apps", "v1", "deployments")
+JOBS: Final = ResourceType("batch", "v1", "jobs")
 EVENTS: Final = ResourceType("", "v1", "events")
 NODES: Final = ResourceType("", "v1", "nodes")
 NAMESPACES: Final = ResourceType("", "v1", "namespaces")

@@ -359,17 +359,29 @@ def resolve_controller_ref(
     return owner
 
 
-def selecting_owners(cache: ObjectCache, resource: ResourceType, child: Object) -> list[Object]:
+def _label_selector(owner: Object) -> Mapping[str, Any] | None:
+    selector: Mapping[str, Any] | None = owner.get("spec", {}).get("selector")
+    return selector
+
+
+def selecting_owners(
+    cache: ObjectCache,
+    resource: ResourceType,
+    child: Object,
+    *,
+    selector_of: Callable[[Object], Mapping[str, Any] | None] = _label_selector,
+) -> list[Object]:
     """The cached owners in ``child``'s namespace whose selector picks it: the candidates to
     adopt an orphan. A child without labels, and an owner with an empty or invalid selector,
-    match nothing."""
+    match nothing. ``selector_of``: the owner's selector as a ``metav1.LabelSelector`` (a
+    ReplicationController's is a plain map)."""
     labels = child["metadata"].get("labels")
     if not labels:
         return []
     found = []
     for owner in cache.in_namespace(resource, child["metadata"].get("namespace")):
         try:
-            selector = Selector.parse(owner.get("spec", {}).get("selector"))
+            selector = Selector.parse(selector_of(owner))
         except InvalidSelectorError:
             continue
         if not selector.empty and selector.matches(labels):

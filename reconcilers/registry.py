@@ -253,6 +253,10 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
         _lazy("reconcilers.controllers.replicaset", "ReplicaSetController"),
     ),
     Builtin(
+        Declared("replicationcontroller-controller", "concurrent-rc-syncs", 5),
+        _lazy("reconcilers.controllers.replicationcontroller", "ReplicationControllerController"),
+    ),
+    Builtin(
         Declared(
             "root-ca-certificate-publisher-controller",
             "concurrent-root-ca-cert-publisher-syncs",

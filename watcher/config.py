@@ -46,6 +46,7 @@ DEFAULT_RESOURCES: Final = tuple(
         "v1/persistentvolumes",
         "v1/persistentvolumeclaims",
         "storage.k8s.io/v1/storageclasses",
+        "v1/replicationcontrollers",
         "apps/v1/replicasets",
         "apps/v1/deployments",
         "apps/v1/statefulsets",

@@ -12,6 +12,10 @@ Keeps ``spec.replicas`` pods matching the selector and owned by the ReplicaSet:
 - writes status (replicas, fullyLabeledReplicas, readyReplicas, availableReplicas with
   minReadySeconds, terminatingReplicas, observedGeneration) and the ``ReplicaFailure``
   condition; emits SuccessfulCreate/FailedCreate/SuccessfulDelete/FailedDelete events.
+
+The ReplicationController controller is this one with another kind, an equality-based
+selector and no ``terminatingReplicas`` (``replicationcontroller.py``), as upstream wraps its
+ReplicaSet controller.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ COMPONENT: Final = "replicaset-controller"
 
 
 class ReplicaSetController(ControllerBase):
+    """Also the base of the ReplicationController controller: what differs between the two
+    kinds is in the class attributes and :meth:`selector_of`."""
+
     name: ClassVar[str] = "replicaset-controller"
     aliases: ClassVar[tuple[str, ...]] = ("replicaset",)
     primary: ClassVar[ResourceType] = REPLICASETS
@@ -67,6 +74,15 @@ class ReplicaSetController(ControllerBase):
         Permission.on(EVENTS, "create", "patch"),
     )
     feature_gates: ClassVar[Mapping[str, bool]] = {"DeploymentReplicaSetTerminatingReplicas": True}
+    kind: ClassVar[str] = "ReplicaSet"
+    component: ClassVar[str] = COMPONENT  # the events' source
+    reports_terminating: ClassVar[bool] = True  # status.terminatingReplicas exists
+
+    @staticmethod
+    def selector_of(owner: Object) -> Mapping[str, Any] | None:
+        """The owner's selector in ``metav1.LabelSelector`` form."""
+        selector: Mapping[str, Any] | None = owner.get("spec", {}).get("selector")
+        return selector
 
     def __init__(self, context: Context) -> None:
         self._ctx = context
@@ -86,7 +102,7 @@ class ReplicaSetController(ControllerBase):
     def requests_for(
         self, resource: ResourceType, obj: Object | None, old: Object | None
     ) -> Iterable[Request]:
-        if resource == REPLICASETS:
+        if resource == self.primary:
             if obj is None and old is not None:
                 self._expectations.forget(Request.of(old).key)
             target = obj or old
@@ -138,22 +154,22 @@ class ReplicaSetController(ControllerBase):
         return [Request.of(owner)]
 
     def _owner_of(self, pod: Object) -> Object | None:
-        return resolve_controller_ref(self._ctx.cache, REPLICASETS, "ReplicaSet", pod)
+        return resolve_controller_ref(self._ctx.cache, self.primary, self.kind, pod)
 
     def _matching_replicasets(self, pod: Object) -> list[Object]:
-        return selecting_owners(self._ctx.cache, REPLICASETS, pod)
+        return selecting_owners(self._ctx.cache, self.primary, pod, selector_of=self.selector_of)
 
     # --- sync ---------------------------------------------------------------------------
 
     async def reconcile(self, request: Request) -> Result:
         key = request.key
-        rs = self._ctx.cache.get(REPLICASETS, request.namespace, request.name)
+        rs = self._ctx.cache.get(self.primary, request.namespace, request.name)
         if rs is None:
             self._expectations.forget(key)
             return Result()
         needs_sync = self._expectations.satisfied(key)
         try:
-            selector = Selector.parse(rs.get("spec", {}).get("selector"))
+            selector = Selector.parse(self.selector_of(rs))
         except InvalidSelectorError as error:
             log.error("error converting pod selector to selector for rs %s: %s", key, error)
             return Result()
@@ -167,7 +183,7 @@ class ReplicaSetController(ControllerBase):
         claims = ControllerRefManager(
             self._ctx.kube,
             rs,
-            owner_api=self._ctx.apis[REPLICASETS],
+            owner_api=self._ctx.apis[self.primary],
             child_api=self._ctx.apis[PODS],
             selector=selector,
         )
@@ -187,7 +203,9 @@ class ReplicaSetController(ControllerBase):
                 manage_error = error
         now = datetime.datetime.now(datetime.UTC)
         status = _calculate_status(rs, active, terminating, manage_error, now)
-        if not self._ctx.enabled("DeploymentReplicaSetTerminatingReplicas"):
+        if not self.reports_terminating or not self._ctx.enabled(
+            "DeploymentReplicaSetTerminatingReplicas"
+        ):
             status.pop("terminatingReplicas", None)
         updated = await self._update_status(rs, status)
         if manage_error is not None:
@@ -249,9 +267,9 @@ class ReplicaSetController(ControllerBase):
             return []
         seen: dict[str, Object] = {}
         namespace = rs["metadata"]["namespace"]
-        for sibling in self._ctx.cache.controlled_by(REPLICASETS, owner.get("uid", "")):
+        for sibling in self._ctx.cache.controlled_by(self.primary, owner.get("uid", "")):
             try:
-                selector = Selector.parse(sibling.get("spec", {}).get("selector"))
+                selector = Selector.parse(self.selector_of(sibling))
             except InvalidSelectorError:
                 continue
             for pod in self._ctx.cache.in_namespace(PODS, namespace):
@@ -268,7 +286,7 @@ class ReplicaSetController(ControllerBase):
         metadata: dict[str, Any] = {
             "generateName": f"{rs['metadata']['name']}-",
             "labels": labels,
-            "ownerReferences": [controller_ref(rs, self._ctx.apis[REPLICASETS])],
+            "ownerReferences": [controller_ref(rs, self._ctx.apis[self.primary])],
         }
         for field in ("annotations", "finalizers"):
             if template_meta.get(field):
@@ -286,7 +304,7 @@ class ReplicaSetController(ControllerBase):
             if "NamespaceTerminating" in error.message or "being terminated" in error.message:
                 return
             self._ctx.events.record(
-                rs, "Warning", "FailedCreate", f"Error creating: {error}", component=COMPONENT
+                rs, "Warning", "FailedCreate", f"Error creating: {error}", component=self.component
             )
             raise
         self._ctx.events.record(
@@ -294,7 +312,7 @@ class ReplicaSetController(ControllerBase):
             "Normal",
             "SuccessfulCreate",
             f"Created pod: {pod['metadata']['name']}",
-            component=COMPONENT,
+            component=self.component,
         )
 
     async def _delete_pod(self, rs: Object, pod: Object) -> None:
@@ -305,13 +323,17 @@ class ReplicaSetController(ControllerBase):
             raise
         except KubeApiError as error:
             self._ctx.events.record(
-                rs, "Warning", "FailedDelete", f"Error deleting: {error}", component=COMPONENT
+                rs, "Warning", "FailedDelete", f"Error deleting: {error}", component=self.component
             )
             raise KubeApiError(
                 error.status, error.reason, f"unable to delete pods: {error}"
             ) from error
         self._ctx.events.record(
-            rs, "Normal", "SuccessfulDelete", f"Deleted pod: {meta['name']}", component=COMPONENT
+            rs,
+            "Normal",
+            "SuccessfulDelete",
+            f"Deleted pod: {meta['name']}",
+            component=self.component,
         )
 
     async def _update_status(self, rs: Object, status: Object) -> Object:
@@ -334,7 +356,7 @@ class ReplicaSetController(ControllerBase):
         if unchanged:
             return rs
         status["observedGeneration"] = generation
-        api = self._ctx.apis[REPLICASETS]
+        api = self._ctx.apis[self.primary]
         body = {**rs, "status": status}
         meta = rs["metadata"]
         try:

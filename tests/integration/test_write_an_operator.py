@@ -148,7 +148,7 @@ def test_the_operator_runs_scaled_out_and_traced(
         assert deployment.spec.template.spec.containers[0].image == "nginx:1.27"
         listed = subprocess.run(
             [str(Path(sys.executable).parent / "kubectl"), "get", "websites", "-n", namespaces[0]],
-            env={**stack_env, "PATH": "/usr/bin:/bin"},
+            env={**stack_env, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},  # its cache
             capture_output=True,
             text=True,
             timeout=30,

@@ -16,6 +16,7 @@ from reconcilers.controllers.persistentvolume import PersistentVolumeBinderContr
 from reconcilers.controllers.pvcprotection import PVCProtectionController
 from reconcilers.controllers.pvprotection import PVProtectionController
 from reconcilers.controllers.replicaset import ReplicaSetController
+from reconcilers.controllers.replicationcontroller import ReplicationControllerController
 from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
 from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
 from reconcilers.controllers.serviceaccount.tokens import TokensController
@@ -35,6 +36,7 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
         PVCProtectionController,
         PVProtectionController,
         ReplicaSetController,
+        ReplicationControllerController,
         RootCACertPublisher,
         ServiceAccountsController,
         TokensController,

@@ -15,6 +15,9 @@ from bus.subjects import ResourceType
 
 __all__ = [
     "CONFIGMAPS",
+    "CONTROLLERREVISIONS",
+    "CRONJOBS",
+    "DAEMONSETS",
     "DEPLOYMENTS",
     "EVENTS",
     "JOBS",
@@ -22,12 +25,14 @@ __all__ = [
     "NODES",
     "PERSISTENTVOLUMECLAIMS",
     "PERSISTENTVOLUMES",
+    "PODDISRUPTIONBUDGETS",
     "PODS",
     "REPLICASETS",
     "REPLICATIONCONTROLLERS",
     "SECRETS",
     "SERVICEACCOUNTS",
     "SERVICES",
+    "STATEFULSETS",
     "STORAGECLASSES",
     "Object",
     "clone",
@@ -50,7 +55,12 @@ PODS: Final = ResourceType("", "v1", "pods")
 REPLICASETS: Final = ResourceType("apps", "v1", "replicasets")
 REPLICATIONCONTROLLERS: Final = ResourceType("", "v1", "replicationcontrollers")
 DEPLOYMENTS: Final = ResourceType("apps", "v1", "deployments")
+STATEFULSETS: Final = ResourceType("apps", "v1", "statefulsets")
+DAEMONSETS: Final = ResourceType("apps", "v1", "daemonsets")
+CONTROLLERREVISIONS: Final = ResourceType("apps", "v1", "controllerrevisions")
+PODDISRUPTIONBUDGETS: Final = ResourceType("policy", "v1", "poddisruptionbudgets")
 JOBS: Final = ResourceType("batch", "v1", "jobs")
+CRONJOBS: Final = ResourceType("batch", "v1", "cronjobs")
 EVENTS: Final = ResourceType("", "v1", "events")
 NODES: Final = ResourceType("", "v1", "nodes")
 NAMESPACES: Final = ResourceType("", "v1", "namespaces")

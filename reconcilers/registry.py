@@ -201,6 +201,10 @@ _TERMINATING_REPLICAS: Final = {"DeploymentReplicaSetTerminatingReplicas": True}
 
 BUILTIN: Final[tuple[Builtin, ...]] = (
     Builtin(
+        Declared("cronjob-controller", "concurrent-cron-job-syncs", 5),
+        _lazy("reconcilers.controllers.cronjob", "CronJobController"),
+    ),
+    Builtin(
         Declared(
             "deployment-controller",
             "concurrent-deployment-syncs",
@@ -279,6 +283,10 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             flags=(PRIVATE_KEY_FILE, ROOT_CA_FILE),
         ),
         _lazy("reconcilers.controllers.serviceaccount.tokens", "TokensController"),
+    ),
+    Builtin(
+        Declared("ttl-after-finished-controller", "concurrent-ttl-after-finished-syncs", 5),
+        _lazy("reconcilers.controllers.ttlafterfinished", "TTLAfterFinishedController"),
     ),
 )
 

@@ -51,8 +51,10 @@ DEFAULT_RESOURCES: Final = tuple(
         "apps/v1/deployments",
         "apps/v1/statefulsets",
         "apps/v1/daemonsets",
+        "apps/v1/controllerrevisions",
         "batch/v1/jobs",
         "batch/v1/cronjobs",
+        "policy/v1/poddisruptionbudgets",
         "discovery.k8s.io/v1/endpointslices",
     )
 )

@@ -9,6 +9,7 @@ import pytest
 
 from kubus.cli import build_parser
 from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
+from reconcilers.controllers.cronjob import CronJobController
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
 from reconcilers.controllers.namespace import NamespaceController
@@ -20,6 +21,7 @@ from reconcilers.controllers.replicationcontroller import ReplicationControllerC
 from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
 from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
 from reconcilers.controllers.serviceaccount.tokens import TokensController
+from reconcilers.controllers.ttlafterfinished import TTLAfterFinishedController
 from reconcilers.registry import ControllerSelectionError, select_controllers
 
 
@@ -29,6 +31,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_controllers_star_names_aliases_and_exclusions() -> None:
     on_by_default = {
+        CronJobController,
         DeploymentController,
         GarbageCollectorController,
         NamespaceController,
@@ -40,6 +43,7 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
         RootCACertPublisher,
         ServiceAccountsController,
         TokensController,
+        TTLAfterFinishedController,
     }
     assert set(select_controllers(["*"])) == on_by_default
     assert set(select_controllers(["*", "-deployment", "-garbagecollector"])) == on_by_default - {

@@ -34,7 +34,11 @@ from reconcilers.controllers.flags import (
     ENABLE_DYNAMIC_PROVISIONING,
     ENABLE_GARBAGE_COLLECTOR,
     NAMESPACE_SYNC_PERIOD,
+    POD_GC_CHECK_PERIOD,
+    POD_GC_QUARANTINE_TIME,
     PVCLAIMBINDER_SYNC_PERIOD,
+    STALE_POD_DISRUPTION_TIMEOUT,
+    TERMINATED_POD_GC_THRESHOLD,
 )
 from reconcilers.controllers.serviceaccount.options import PRIVATE_KEY_FILE, ROOT_CA_FILE
 
@@ -215,6 +219,15 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
     ),
     Builtin(
         Declared(
+            "disruption-controller",
+            "concurrent-disruption-syncs",
+            1,
+            flags=(STALE_POD_DISRUPTION_TIMEOUT,),
+        ),
+        _lazy("reconcilers.controllers.disruption", "DisruptionController"),
+    ),
+    Builtin(
+        Declared(
             "garbage-collector-controller",
             "concurrent-gc-syncs",
             20,
@@ -246,6 +259,15 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             "persistentvolumeclaim-protection-controller", "concurrent-pvc-protection-syncs", 1
         ),
         _lazy("reconcilers.controllers.pvcprotection", "PVCProtectionController"),
+    ),
+    Builtin(
+        Declared(
+            "pod-garbage-collector-controller",
+            "concurrent-pod-gc-syncs",
+            1,
+            flags=(TERMINATED_POD_GC_THRESHOLD, POD_GC_CHECK_PERIOD, POD_GC_QUARANTINE_TIME),
+        ),
+        _lazy("reconcilers.controllers.podgc", "PodGCController"),
     ),
     Builtin(
         Declared(

@@ -400,8 +400,12 @@ class KubeClient:
         uid: str | None = None,
         resource_version: str | None = None,
         propagation: str | None = None,
+        grace_period_seconds: int | None = None,
     ) -> dict[str, Any]:
+        """DELETE one object; ``grace_period_seconds=0`` force-deletes a pod (no kubelet wait)."""
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
         preconditions = {
             key: value
             for key, value in (("uid", uid), ("resourceVersion", resource_version))

@@ -11,9 +11,11 @@ from kubus.cli import build_parser
 from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
 from reconcilers.controllers.cronjob import CronJobController
 from reconcilers.controllers.deployment import DeploymentController
+from reconcilers.controllers.disruption import DisruptionController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
 from reconcilers.controllers.namespace import NamespaceController
 from reconcilers.controllers.persistentvolume import PersistentVolumeBinderController
+from reconcilers.controllers.podgc import PodGCController
 from reconcilers.controllers.pvcprotection import PVCProtectionController
 from reconcilers.controllers.pvprotection import PVProtectionController
 from reconcilers.controllers.replicaset import ReplicaSetController
@@ -33,9 +35,11 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
     on_by_default = {
         CronJobController,
         DeploymentController,
+        DisruptionController,
         GarbageCollectorController,
         NamespaceController,
         PersistentVolumeBinderController,
+        PodGCController,
         PVCProtectionController,
         PVProtectionController,
         ReplicaSetController,
@@ -53,8 +57,10 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
     assert select_controllers(["replicaset-controller"]) == (ReplicaSetController,)
     with pytest.raises(ControllerSelectionError, match='"deploymnt" is not in the list'):
         select_controllers(["deploymnt"])
-    with pytest.raises(ControllerSelectionError, match="job-controller is not implemented"):
-        select_controllers(["*", "job"])
+    with pytest.raises(
+        ControllerSelectionError, match="horizontal-pod-autoscaler-controller is not implemented"
+    ):
+        select_controllers(["*", "horizontalpodautoscaling"])
     with pytest.raises(ControllerSelectionError, match="selects no controller"):
         select_controllers(["-deployment", "-replicaset", "-garbagecollector"])
 

@@ -236,6 +236,10 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
         _lazy("reconcilers.controllers.garbagecollector", "GarbageCollectorController"),
     ),
     Builtin(
+        Declared("job-controller", "concurrent-job-syncs", 5),
+        _lazy("reconcilers.controllers.job", "JobController"),
+    ),
+    Builtin(
         Declared(
             "namespace-controller", "concurrent-namespace-syncs", 10, flags=(NAMESPACE_SYNC_PERIOD,)
         ),

@@ -63,7 +63,10 @@ def test_output_parses_as_kubernetes_objects() -> None:
 def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
     for argv, message in (
         (("--controllers", "deploymnt"), '"deploymnt" is not in the list of known controllers'),
-        (("--controllers", "job"), "job-controller is not implemented"),
+        (
+            ("--controllers", "horizontalpodautoscaling"),
+            "horizontal-pod-autoscaler-controller is not implemented",
+        ),
         (("--namespace", "Kube_System"), "--namespace 'Kube_System': not a DNS-1123 label"),
         (("--output", str(tmp_path / "missing" / "rbac.yaml")), "--output"),
     ):

@@ -13,6 +13,7 @@ from reconcilers.controllers.cronjob import CronJobController
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.disruption import DisruptionController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
+from reconcilers.controllers.job import JobController
 from reconcilers.controllers.namespace import NamespaceController
 from reconcilers.controllers.persistentvolume import PersistentVolumeBinderController
 from reconcilers.controllers.podgc import PodGCController
@@ -37,6 +38,7 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
         DeploymentController,
         DisruptionController,
         GarbageCollectorController,
+        JobController,
         NamespaceController,
         PersistentVolumeBinderController,
         PodGCController,

@@ -210,6 +210,15 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
     ),
     Builtin(
         Declared(
+            "daemonset-controller",
+            "concurrent-daemonset-syncs",
+            2,
+            feature_gates={"TaintTolerationComparisonOperators": False},
+        ),
+        _lazy("reconcilers.controllers.daemonset", "DaemonSetController"),
+    ),
+    Builtin(
+        Declared(
             "deployment-controller",
             "concurrent-deployment-syncs",
             5,
@@ -309,6 +318,19 @@ BUILTIN: Final[tuple[Builtin, ...]] = (
             flags=(PRIVATE_KEY_FILE, ROOT_CA_FILE),
         ),
         _lazy("reconcilers.controllers.serviceaccount.tokens", "TokensController"),
+    ),
+    Builtin(
+        Declared(
+            "statefulset-controller",
+            "concurrent-statefulset-syncs",
+            5,
+            feature_gates={
+                "MaxUnavailableStatefulSet": False,
+                "StatefulSetSemanticRevisionComparison": True,
+                "StaleControllerConsistencyStatefulSet": True,
+            },
+        ),
+        _lazy("reconcilers.controllers.statefulset", "StatefulSetController"),
     ),
     Builtin(
         Declared("ttl-after-finished-controller", "concurrent-ttl-after-finished-syncs", 5),

@@ -40,7 +40,13 @@ from typing import Any, Final
 
 from reconcilers.kinds import Object
 
-__all__ = ["compute_hash", "dump_for_hash", "parse_quantity", "quantity_wire_string"]
+__all__ = [
+    "compute_hash",
+    "dump_for_hash",
+    "parse_quantity",
+    "quantity_wire_string",
+    "safe_encode_string",
+]
 
 _SAFE_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"
 _FNV_OFFSET: Final = 0x811C9DC5
@@ -61,7 +67,13 @@ def compute_hash(template: Object, collision_count: int | None) -> str:
     value = _fnv_of_dump(dump_for_hash(template))
     if collision_count is not None:
         value = _fnv1a((collision_count & _MASK32).to_bytes(4, "little") + bytes(4), value)
-    return "".join(_SAFE_ALPHABET[ord(digit) % len(_SAFE_ALPHABET)] for digit in str(value))
+    return safe_encode_string(str(value))
+
+
+def safe_encode_string(text: str) -> str:
+    """apimachinery's rand.SafeEncodeString: each character mapped into the vowel-free
+    alphabet (no accidental words in generated names)."""
+    return "".join(_SAFE_ALPHABET[ord(char) % len(_SAFE_ALPHABET)] for char in text)
 
 
 _FNV_CACHE: OrderedDict[bytes, int] = OrderedDict()

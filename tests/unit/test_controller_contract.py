@@ -45,8 +45,9 @@ def test_every_builtin_controller_declares_what_it_writes_and_its_gates() -> Non
 def test_rbac_rules_merge_the_verbs_of_every_controller_per_resource() -> None:
     rules = rules_for(IMPLEMENTED.values())
     by_resource = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in rules}
-    # list: the persistentvolume binder's live look for the pods a delayed claim waits on
-    assert by_resource[("", "pods")] == ["create", "delete", "list", "patch"]
+    # list: the persistentvolume binder's live look for the pods a delayed claim waits on;
+    # get and update: the StatefulSet controller's identity and storage fixes of its pods
+    assert by_resource[("", "pods")] == ["create", "delete", "get", "list", "patch", "update"]
     assert by_resource[("", "events")] == ["create", "patch"]
     assert by_resource[("apps", "replicasets")] == ["create", "delete", "get", "patch", "update"]
     assert by_resource[("apps", "deployments/status")] == ["update"]

@@ -10,6 +10,7 @@ import pytest
 from kubus.cli import build_parser
 from reconcilers.cli import ReconcilerConfigError, _check_feature_gates, _merged
 from reconcilers.controllers.cronjob import CronJobController
+from reconcilers.controllers.daemonset import DaemonSetController
 from reconcilers.controllers.deployment import DeploymentController
 from reconcilers.controllers.disruption import DisruptionController
 from reconcilers.controllers.garbagecollector import GarbageCollectorController
@@ -24,6 +25,7 @@ from reconcilers.controllers.replicationcontroller import ReplicationControllerC
 from reconcilers.controllers.rootcacertpublisher import RootCACertPublisher
 from reconcilers.controllers.serviceaccount.serviceaccounts import ServiceAccountsController
 from reconcilers.controllers.serviceaccount.tokens import TokensController
+from reconcilers.controllers.statefulset import StatefulSetController
 from reconcilers.controllers.ttlafterfinished import TTLAfterFinishedController
 from reconcilers.registry import ControllerSelectionError, select_controllers
 
@@ -35,6 +37,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_controllers_star_names_aliases_and_exclusions() -> None:
     on_by_default = {
         CronJobController,
+        DaemonSetController,
         DeploymentController,
         DisruptionController,
         GarbageCollectorController,
@@ -48,6 +51,7 @@ def test_controllers_star_names_aliases_and_exclusions() -> None:
         ReplicationControllerController,
         RootCACertPublisher,
         ServiceAccountsController,
+        StatefulSetController,
         TokensController,
         TTLAfterFinishedController,
     }

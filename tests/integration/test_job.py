@@ -361,6 +361,58 @@ def test_the_commands_of_upstream_e2e_jobs_are_played_as_a_kubelet_runs_them(
         assert pod.status.phase == "Running"
 
 
+SIGTERM_TRAP = """_term(){
+	sleep 5
+	exit 143
+}
+trap _term SIGTERM
+while true; do
+	sleep 1
+done"""
+
+
+def test_with_replacement_policy_failed_a_deleted_pod_is_replaced_once_it_has_failed(
+    kube: Any, namespace: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Upstream e2e's podReplacementPolicy scenario: a pod that traps SIGTERM and exits 143
+    five seconds after it (played so by the dev stack's kwok) is deleted; the Job reports it
+    terminating, creates no replacement until it is Failed, then one."""
+    batch, core = client.BatchV1Api(kube), client.CoreV1Api(kube)
+    manifest = with_command(
+        job("recreate", backoffLimit=1, podReplacementPolicy="Failed"),
+        ["/bin/sh", "-c", SIGTERM_TRAP],
+        "Never",
+    )
+    with kubus_pool(stack_env, tmp_path, extra=[CONTROLLERS], watcher_args=[WATCHED]):
+        batch.create_namespaced_job(namespace, manifest)
+        (pod,) = wait_for(
+            lambda: (
+                pods
+                if len(pods := pods_of(core, namespace, "recreate")) == 1
+                and pods[0].status.phase == "Running"
+                else None
+            ),
+            timeout=60,
+            what="the Job's pod Running",
+        )
+        core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=30)
+
+        def counts() -> tuple[int, int, int]:
+            status = read(batch, namespace, "recreate").get("status", {})
+            return status.get("active", 0), status.get("failed", 0), status.get("terminating", 0)
+
+        wait_for(
+            lambda: counts() == (0, 0, 1), timeout=30, what="0 active, 0 failed, 1 terminating"
+        )
+        wait_for(
+            lambda: counts() == (1, 1, 0), timeout=60, what="1 active, 1 failed, 0 terminating"
+        )
+        replacement = [
+            p for p in pods_of(core, namespace, "recreate") if p.metadata.uid != pod.metadata.uid
+        ]
+        assert len(replacement) == 1
+
+
 def test_jobs_complete_with_exact_counts_across_a_kill_9(
     kube: Any, stack_env: dict[str, str], tmp_path: Path
 ) -> None:

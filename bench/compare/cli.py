@@ -16,6 +16,13 @@ from kubus.cliutil import ArgumentParser, fail
 __all__ = ["DEFAULT_CONTENDERS", "add_bench_command", "run"]
 
 DEFAULT_CONTENDERS = "kube-controller-manager,kubus-1,kubus-2,kubus-4,ceiling"
+WORKLOADS = ("deployments", "jobs", "statefulsets")
+# N and R of each --workload when not given: (flag of N, its default), (flag of R, default).
+SHAPE_FLAGS = {
+    "deployments": (("deployments", 20), ("replicas", 5)),
+    "jobs": (("jobs", 100), ("completions", 10)),
+    "statefulsets": (("statefulsets", 20), ("replicas", 5)),
+}
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) -> None:
@@ -24,12 +31,48 @@ def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) ->
         help="kubus side by side with kube-controller-manager and a no-controller ceiling",
         description="For each contender: a fresh infrastructure-only dev stack, N Deployments "
         "x R replicas created, rolled to a new image and deleted, in two shapes (spread over "
-        "namespaces, and all in one). Then the scale-up: a third reconciler joining a pool of 2 "
-        "with --scale-up-pods pods on the bus, timed from its exec until its share is caught up. "
+        "namespaces, and all in one); or, with --workload, N Jobs x C completions run to "
+        "Complete and deleted, or N StatefulSets x R replicas created, rolled and deleted. "
+        "Then the scale-up: a third reconciler joining a pool of 2 with --scale-up-pods pods "
+        "on the bus, timed from its exec until its share is caught up. "
         "results.json, results.md and results.png in --out.",
     )
-    parser.add_argument("--deployments", type=_positive_int, default=20, help="N (default 20)")
-    parser.add_argument("--replicas", type=_positive_int, default=5, help="R (default 5)")
+    parser.add_argument(
+        "--workload",
+        type=_workload,
+        default="deployments",
+        help="what the contenders reconcile: deployments (create, update: a new image, "
+        "delete), jobs (create: until every Job is Complete, delete) or statefulsets (create, "
+        "update: a new image, delete); default deployments. The ceiling runs deployments only "
+        "(the default --contenders leave it out of the others)",
+    )
+    parser.add_argument(
+        "--deployments",
+        type=_positive_int,
+        default=None,
+        help="N, --workload deployments (default 20)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=_positive_int,
+        default=None,
+        help="R, pods per Deployment or StatefulSet (default 5)",
+    )
+    parser.add_argument(
+        "--jobs", type=_positive_int, default=None, help="N, --workload jobs (default 100)"
+    )
+    parser.add_argument(
+        "--completions",
+        type=_positive_int,
+        default=None,
+        help="C, each Job's completions, all run at once (parallelism C) (default 10)",
+    )
+    parser.add_argument(
+        "--statefulsets",
+        type=_positive_int,
+        default=None,
+        help="N, --workload statefulsets (default 20)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -39,15 +82,17 @@ def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) ->
     parser.add_argument(
         "--contenders",
         type=_contenders,
-        default=_contenders(DEFAULT_CONTENDERS),
-        help=f"comma-separated (default {DEFAULT_CONTENDERS}); kubus-P for any P, "
+        default=None,
+        help=f"comma-separated (default {DEFAULT_CONTENDERS}, without ceiling for "
+        "--workload jobs or statefulsets); kubus-P for any P, "
         "kubus-PsK for P processes with --partition-shards K",
     )
     parser.add_argument(
         "--namespaces",
         type=_positive_int,
         default=None,
-        help="namespaces of the spread shape (default: one per Deployment, at most 32)",
+        help="namespaces of the spread shape (default: one per Deployment, Job or "
+        "StatefulSet, at most 32)",
     )
     parser.add_argument(
         "--shapes",
@@ -68,7 +113,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) ->
         "--deadline",
         type=_positive_float,
         default=None,
-        help="seconds each contender's six phases may take in all; a contender that misses "
+        help="seconds each contender's phases (six for deployments) may take in all; a "
+        "contender that misses "
         "it is reported failed with what was stuck (default 120 + 1.5 per pod)",
     )
     parser.add_argument(
@@ -76,7 +122,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction[ArgumentParser]) ->
         type=_non_negative_int,
         default=10_000,
         help="pods on the bus when a third reconciler joins a pool of 2, after the "
-        "contenders (default 10000; 0: no scale-up measurement)",
+        "contenders, whatever the --workload (default 10000; 0: no scale-up measurement)",
     )
     parser.add_argument(
         "--scale-up-runs",
@@ -100,13 +146,15 @@ def run(args: argparse.Namespace) -> int:
     # `finally`, so the stacks and contenders' processes are stopped and nothing is left.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    workload = Workload(args.deployments, args.replicas)
+    count, per = shape_of(args)
+    contenders = contenders_of(args)
+    workload = Workload(count, per, args.workload)
     settings = Settings(
         workload=workload,
-        spread_namespaces=args.namespaces or min(args.deployments, 32),
+        spread_namespaces=args.namespaces or min(count, 32),
         limits=Limits(args.kube_api_qps, args.kube_api_burst),
         deadline=args.deadline or 120 + 1.5 * workload.pods,
-        contenders=tuple(contender_named(name) for name in args.contenders),
+        contenders=tuple(contender_named(name) for name in contenders),
         log_dir=args.out / "logs",
         shape_names=args.shapes,
     )
@@ -129,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
             "machine": machine(),
             "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "settings": {
-                "deployments": workload.deployments,
-                "replicas": workload.replicas,
+                **workload.settings(),
                 "pods": workload.pods,
                 "spread_namespaces": settings.spread_namespaces,
                 "shapes": list(args.shapes),
@@ -177,6 +224,42 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         fail("kubus bench", "; ".join(failures))
     return 0
+
+
+def shape_of(args: argparse.Namespace) -> tuple[int, int]:
+    """N and R of ``args.workload``, from its flags or their defaults; a flag of another
+    workload is refused (exit 2, one line naming it)."""
+    (count_flag, count), (per_flag, per) = SHAPE_FLAGS[args.workload]
+    for other in ("deployments", "jobs", "statefulsets", "replicas", "completions"):
+        if other not in (count_flag, per_flag) and getattr(args, other) is not None:
+            fail(
+                "kubus bench",
+                f"argument --{other}: not a flag of --workload {args.workload} (its N and R "
+                f"are --{count_flag} and --{per_flag})",
+                code=2,
+            )
+    given_count, given_per = getattr(args, count_flag), getattr(args, per_flag)
+    return (
+        count if given_count is None else given_count,
+        per if given_per is None else given_per,
+    )
+
+
+def contenders_of(args: argparse.Namespace) -> list[str]:
+    """--contenders, or the default: every contender, the ceiling only for deployments (it
+    writes plain pods; the other workloads have no ceiling to compare with)."""
+    if args.contenders is None:
+        names = _contenders(DEFAULT_CONTENDERS)
+        return names if args.workload == "deployments" else [n for n in names if n != "ceiling"]
+    if args.workload != "deployments" and "ceiling" in args.contenders:
+        fail(
+            "kubus bench",
+            f"argument --contenders: the ceiling runs --workload deployments only, not "
+            f"{args.workload}",
+            code=2,
+        )
+    given: list[str] = args.contenders
+    return given
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -235,6 +318,14 @@ def _contenders(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"a contender is named twice in {text!r}")
     return names
+
+
+def _workload(text: str) -> str:
+    if text not in WORKLOADS:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload {text!r}: the workloads are deployments, jobs and statefulsets"
+        )
+    return text
 
 
 def _shapes(text: str) -> tuple[str, ...]:

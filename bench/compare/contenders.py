@@ -1,11 +1,13 @@
 """The contenders: the processes each one runs on a fresh stack, started and stopped.
 
-- ``kube-controller-manager``: the reference, ``--controllers=deployment,replicaset``, and
+- ``kube-controller-manager``: the reference, ``--controllers=deployment,replicaset`` (for
+  ``--workload jobs``: ``job-controller``; ``statefulsets``: ``statefulset-controller``), and
   its garbage collector (which cascades the Deployment deletes) in a process of its own,
   ``kcm-garbagecollector``, so that its CPU and RSS show apart.
 - ``kubus-P``: a watcher (``--resources all``: the garbage collector reads every resource, as
-  kcm's does), P reconcilers (deployment and replicaset) and kubus's garbage collector as a
-  pool of its own (``--pool gc``, one process), ``kubus-garbagecollector``, the same split.
+  kcm's does), P reconcilers (deployment and replicaset; job; statefulset) and kubus's
+  garbage collector as a pool of its own (``--pool gc``, one process),
+  ``kubus-garbagecollector``, the same split.
 - ``ceiling``: no controller at all; the harness writes the pods itself.
 
 Every controller process gets the same ``--kube-api-qps``/``--kube-api-burst``.
@@ -42,6 +44,13 @@ KCM = "kube-controller-manager"
 CEILING = "ceiling"
 # The same controllers on both sides, the garbage collector apart.
 CONTROLLERS = "deployment,replicaset"
+# Per --workload: kcm's --controllers and kubus's (the Deployment workload's are CONTROLLERS).
+KCM_CONTROLLERS = {
+    "deployments": CONTROLLERS,
+    "jobs": "job-controller",
+    "statefulsets": "statefulset-controller",
+}
+KUBUS_CONTROLLERS = {"deployments": CONTROLLERS, "jobs": "job", "statefulsets": "statefulset"}
 GC = "garbagecollector"
 KCM_GC = "kcm-garbagecollector"
 KUBUS_GC = "kubus-garbagecollector"
@@ -89,14 +98,22 @@ class Contender:
         return self.reconcilers > 0
 
     @contextlib.contextmanager
-    def start(self, env: dict[str, str], limits: Limits, *, log_dir: Path) -> Iterator[Running]:
+    def start(
+        self,
+        env: dict[str, str],
+        limits: Limits,
+        *,
+        log_dir: Path,
+        workload: str = "deployments",
+    ) -> Iterator[Running]:
+        """The contender's processes, running the controllers of ``workload`` (--workload)."""
         started: list[ServiceProcess] = []
         try:
             if self.is_ceiling:
                 yield Running()
                 return
             if not self.is_kubus:
-                started.append(start_kcm(env, KCM, CONTROLLERS, limits, log_dir))
+                started.append(start_kcm(env, KCM, KCM_CONTROLLERS[workload], limits, log_dir))
                 started.append(start_kcm(env, KCM_GC, GC, limits, log_dir))
                 for kcm in started:
                     wait_kcm(kcm)
@@ -109,7 +126,7 @@ class Contender:
                     env,
                     "reconciler",
                     f"reconciler-{index}",
-                    f"--controllers={CONTROLLERS}",
+                    f"--controllers={KUBUS_CONTROLLERS[workload]}",
                     f"--kube-api-qps={limits.kube_api_qps:g}",
                     f"--kube-api-burst={limits.kube_api_burst}",
                     f"--partition-shards={self.shards}",

@@ -46,7 +46,17 @@ from kubus.kube import (
     load_kube_config,
 )
 
-__all__ = ["Cluster", "DeploymentDriver", "Driver", "PhaseRun", "PodDriver", "Tick"]
+__all__ = [
+    "Cluster",
+    "DeploymentDriver",
+    "Driver",
+    "PhaseRun",
+    "PodDriver",
+    "Tick",
+    "bounded",
+    "converge",
+    "poll_interval",
+]
 
 T = TypeVar("T", bound=msgspec.Struct)
 Tick = Callable[[], Awaitable[None]]
@@ -86,6 +96,9 @@ class Cluster:
         async with KubeClient(config, timeout=60) as kube:
             resources = {
                 "deployments": await kube.discover("apps", "v1", "deployments"),
+                "statefulsets": await kube.discover("apps", "v1", "statefulsets"),
+                "controllerrevisions": await kube.discover("apps", "v1", "controllerrevisions"),
+                "jobs": await kube.discover("batch", "v1", "jobs"),
                 "replicasets": await kube.discover("apps", "v1", "replicasets"),
                 "pods": await kube.discover("", "v1", "pods"),
                 "namespaces": await kube.discover("", "v1", "namespaces"),
@@ -133,7 +146,7 @@ class Driver(Protocol):
     async def delete(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun: ...
 
 
-async def _bounded(calls: list[Coroutine[Any, Any, Any]]) -> None:
+async def bounded(calls: list[Coroutine[Any, Any, Any]]) -> None:
     """Await ``calls`` with at most IN_FLIGHT running at once."""
     gate = asyncio.Semaphore(IN_FLIGHT)
 
@@ -146,7 +159,7 @@ async def _bounded(calls: list[Coroutine[Any, Any, Any]]) -> None:
             group.create_task(one(call))
 
 
-async def _converge(
+async def converge(
     check: Callable[[], Awaitable[list[str]]],
     *,
     started: float,
@@ -169,7 +182,7 @@ async def _converge(
         await asyncio.sleep(min(interval, 0.05 + 0.02 * (time.monotonic() - started)))
 
 
-def _interval(workload: Workload) -> float:
+def poll_interval(workload: Workload) -> float:
     """Polls cost the apiserver a list each; at scale, poll less often."""
     return 0.2 if workload.pods <= 2000 else 1.0
 
@@ -180,12 +193,12 @@ class DeploymentDriver:
     def __init__(self, cluster: Cluster, workload: Workload) -> None:
         self._cluster = cluster
         self._workload = workload
-        self._interval = _interval(workload)
+        self._interval = poll_interval(workload)
 
     async def create(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
         kube, deployments = self._cluster.kube, self._cluster.resources["deployments"]
         started = time.monotonic()
-        await _bounded(
+        await bounded(
             [
                 kube.create(
                     deployments,
@@ -195,7 +208,7 @@ class DeploymentDriver:
                 for namespace, name in self._workload.names(shape)
             ]
         )
-        run = await _converge(
+        run = await converge(
             lambda: self._rollout_stuck(shape, IMAGE_OLD),
             started=started,
             deadline=deadline,
@@ -223,8 +236,8 @@ class DeploymentDriver:
             patched_at[result["metadata"]["uid"]] = at
 
         started = time.monotonic()
-        await _bounded([roll(namespace, name) for namespace, name in self._workload.names(shape)])
-        run = await _converge(
+        await bounded([roll(namespace, name) for namespace, name in self._workload.names(shape)])
+        run = await converge(
             lambda: self._rollout_stuck(shape, IMAGE_NEW),
             started=started,
             deadline=deadline,
@@ -242,13 +255,13 @@ class DeploymentDriver:
     async def delete(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
         kube, deployments = self._cluster.kube, self._cluster.resources["deployments"]
         started = time.monotonic()
-        await _bounded(
+        await bounded(
             [
                 kube.delete(deployments, namespace, name, propagation="Background")
                 for namespace, name in self._workload.names(shape)
             ]
         )
-        return await _converge(
+        return await converge(
             lambda: self._leftovers(shape),
             started=started,
             deadline=deadline,
@@ -285,7 +298,7 @@ class PodDriver:
     def __init__(self, cluster: Cluster, workload: Workload) -> None:
         self._cluster = cluster
         self._workload = workload
-        self._interval = _interval(workload)
+        self._interval = poll_interval(workload)
         self._generation: dict[str, int] = {}
 
     def _pods(self, shape: Shape, generation: int) -> list[tuple[str, str, str]]:
@@ -361,7 +374,7 @@ class PodDriver:
 
             async def write_all() -> None:
                 async with KubeClient(config, timeout=60) as kube:
-                    await _bounded(writes(kube, pods))
+                    await bounded(writes(kube, pods))
 
             asyncio.run(write_all())
             return time.thread_time() - cpu
@@ -384,7 +397,7 @@ class PodDriver:
         started = time.monotonic()
         client = asyncio.create_task(asyncio.to_thread(client_thread))
         try:
-            run = await _converge(
+            run = await converge(
                 stuck,
                 started=started,
                 deadline=deadline,

@@ -23,12 +23,16 @@ from typing import Any
 
 from bench.compare.contenders import KCM, Contender, Limits, Running
 from bench.compare.driver import Cluster, DeploymentDriver, Driver, PhaseRun, PodDriver
+from bench.compare.jobs import JobDriver
 from bench.compare.measure import KubusScrape, ProcessMeter, Usage, latency_quantiles
+from bench.compare.statefulsets import StatefulSetDriver
 from bench.compare.workload import Shape, Workload
 from bench.support import fresh_stack, percentile, require_finite, scrape_metrics
 
 __all__ = ["PHASES", "RunContender", "Settings", "one_line", "phase_record", "run_all"]
 
+# The Deployment workload's phases; each workload's own are Workload.phases (a Job's have no
+# update).
 PHASES = ("create", "update", "delete")
 SHAPE_KEYS = {"spread": "phases", "one-namespace": "phases_one_namespace"}
 Progress = Callable[[str], None]
@@ -93,7 +97,7 @@ def run_all(
                 trace.write_text(traceback.format_exc())
             progress(f"{contender.name}: failed: {record['error']} (traceback: {trace})")
         finally:
-            _judge(record, settings.shape_names)
+            _judge(record, settings.shape_names, settings.workload.phases)
             _add_ratios(records)
             ended(records)
     return records
@@ -112,11 +116,13 @@ def _new_record(contender: Contender) -> dict[str, Any]:
     }
 
 
-def _judge(record: dict[str, Any], shapes: tuple[str, ...]) -> None:
+def _judge(
+    record: dict[str, Any], shapes: tuple[str, ...], expected: tuple[str, ...] = PHASES
+) -> None:
     phases = [p for shape in shapes for p in record[SHAPE_KEYS[shape]].values()]
     record["ok"] = (
         record["error"] is None
-        and len(phases) == len(shapes) * len(PHASES)
+        and len(phases) == len(shapes) * len(expected)
         and all(p["ok"] for p in phases)
     )
 
@@ -140,7 +146,9 @@ def _run_contender(
             r.name: r.pid for r in stack.records if r.name in ("kube-apiserver", "nats-server")
         }
         log_dir = settings.log_dir / contender.name
-        with contender.start(stack.env, settings.limits, log_dir=log_dir) as running:
+        with contender.start(
+            stack.env, settings.limits, log_dir=log_dir, workload=settings.workload.kind
+        ) as running:
             record["processes"] = [service.name for service in running.processes]
             progress(
                 f"{contender.name}: ready ({', '.join(record['processes']) or 'no controller'})"
@@ -175,14 +183,10 @@ async def _run_phases(
 ) -> None:
     deadline = time.monotonic() + settings.deadline
     async with Cluster.connect(kubeconfig) as cluster:
-        driver: Driver = (
-            PodDriver(cluster, settings.workload)
-            if contender.is_ceiling
-            else DeploymentDriver(cluster, settings.workload)
-        )
+        driver = _driver(contender, cluster, settings.workload)
         for shape in settings.shapes:
             phases = record[SHAPE_KEYS[shape.name]]
-            for phase in PHASES:
+            for phase in settings.workload.phases:
                 result = await _run_phase(
                     contender,
                     label=f"{shape.name} {phase}",
@@ -211,6 +215,18 @@ async def _run_phases(
                     f"{label}: {result['seconds']:.1f}s, {result['pods_per_s']:.1f} pods/s, "
                     f"{result['cpu_seconds_per_1000_pods']:.2f} CPU s/1000 pods"
                 )
+
+
+def _driver(contender: Contender, cluster: Cluster, workload: Workload) -> Driver:
+    if contender.is_ceiling:
+        if workload.kind != "deployments":
+            raise ValueError(f"the ceiling runs the deployments workload only, not {workload.kind}")
+        return PodDriver(cluster, workload)
+    if workload.kind == "jobs":
+        return JobDriver(cluster, workload)
+    if workload.kind == "statefulsets":
+        return StatefulSetDriver(cluster, workload)
+    return DeploymentDriver(cluster, workload)
 
 
 async def _scrape(running: Running) -> KubusScrape:

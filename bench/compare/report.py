@@ -26,10 +26,11 @@ from typing import Any
 
 from bench.compare import scaleup
 from bench.compare.contenders import KCM, contender_named
+from bench.compare.workload import NOUNS
 from bench.scale_up import LAG_SLACK
 from bench.support import BucketBound, atomic_file, write_atomically
 
-__all__ = ["NOTES", "Reports", "goals", "markdown", "write_reports"]
+__all__ = ["NOTES", "WORKLOAD_NOTES", "Reports", "described", "goals", "markdown", "write_reports"]
 
 SHAPES = (("phases", "spread"), ("phases_one_namespace", "one-namespace"))
 PHASES = ("create", "update", "delete")
@@ -66,6 +67,36 @@ NOTES = (
     "objects of its share over the span from its first partition acquired to its last "
     "replayed.",
 )
+
+
+# What --workload jobs and statefulsets time, beside NOTES (which tell the Deployment one's).
+WORKLOAD_NOTES = {
+    "jobs": (
+        "Workload jobs: N Jobs x C completions (parallelism C, restartPolicy Never); kwok runs "
+        "each pod to Succeeded at once. create: from the first Job written until every Job is "
+        "Complete with succeeded == completions; delete (background propagation): until no "
+        "Job or pod of the shape is left. No update phase. kcm runs job-controller, kubus "
+        "its job controller, each beside its garbage collector as above. Latency from "
+        "timestamps: Job created -> its first pod created.",
+    ),
+    "statefulsets": (
+        "Workload statefulsets: N StatefulSets x R replicas with the defaults (OrderedReady, "
+        "RollingUpdate: one pod at a time). create: until every set has R Ready replicas; "
+        "update (a new image): until observedGeneration is current, updatedReplicas == "
+        "replicas and updateRevision == currentRevision for every set; delete: until no "
+        "StatefulSet, ControllerRevision or pod of the shape is left. kcm runs "
+        "statefulset-controller, kubus its statefulset controller, each beside its garbage "
+        "collector as above. Latency from timestamps: set created -> its first pod created; "
+        "template patched -> its newest ControllerRevision created.",
+    ),
+}
+
+
+def described(settings: dict[str, Any]) -> str:
+    """``20 Deployments x 5 replicas`` (``100 Jobs x 10 completions``, ...) of a run's
+    settings; a run without ``workload`` in them is the Deployment one."""
+    noun, per = NOUNS[settings.get("workload", "deployments")]
+    return f"{settings[noun.lower()]} {noun} x {settings[per]} {per}"
 
 
 class Reports:
@@ -117,7 +148,8 @@ def write_reports(out: Path, results: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results.setdefault("scale_up", None)
     results["goals"] = goals(results["contenders"], results["scale_up"])
-    results["notes"] = list(NOTES)
+    workload = results.get("settings", {}).get("workload", "deployments")
+    results["notes"] = [*NOTES, *WORKLOAD_NOTES.get(workload, ())]
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"  # raises on NaN, inf
     write_atomically(out / "results.json", text)
     write_atomically(out / "results.md", markdown(results))
@@ -158,8 +190,7 @@ def _quantile(value: Any, bounds: bool) -> str:
 def markdown(results: dict[str, Any]) -> str:
     settings = results["settings"]
     lines = [
-        f"# kubus vs kube-controller-manager: {settings['deployments']} Deployments x "
-        f"{settings['replicas']} replicas ({settings['pods']} pods)",
+        f"# kubus vs kube-controller-manager: {described(settings)} ({settings['pods']} pods)",
         "",
         f"Machine: {results['machine']}. Command: `{results['command']}`. Client limits for "
         f"every controller process: --kube-api-qps={settings['kube_api_qps']:g} "
@@ -223,7 +254,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["## Goals", ""]
     lines += [f"- **{g['status']}** {g['goal']}: {g['figures']}" for g in results["goals"]]
     lines += ["", "## How it was measured", ""]
-    lines += [f"- {note}" for note in NOTES]
+    lines += [f"- {note}" for note in results.get("notes", NOTES)]
     return "\n".join(lines) + "\n"
 
 
@@ -274,9 +305,10 @@ def scale_up_markdown(record: dict[str, Any] | None, pending: bool) -> list[str]
 
 
 def _total(contender: dict[str, Any] | None, key: str, field: str) -> float | None:
-    if contender is None or not contender["ok"] or set(contender[key]) != set(PHASES):
+    if contender is None or not contender["ok"] or not contender[key]:
         return None  # failed, or a shape this run did not take (--shapes)
-    return float(sum(contender[key][phase][field] for phase in PHASES))
+    # An ok contender ran every phase of its workload (a Job's have no update).
+    return float(sum(phase[field] for phase in contender[key].values()))
 
 
 def _shapes_run(settings: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -444,7 +476,7 @@ def chart(path: Path, results: dict[str, Any]) -> None:
         )
     settings = results["settings"]
     figure.suptitle(
-        f"{settings['deployments']} Deployments x {settings['replicas']} replicas, "
+        f"{described(settings)}, "
         f"--kube-api-qps={settings['kube_api_qps']:g} (0 = failed or not run)",
         fontsize=11,
     )

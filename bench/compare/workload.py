@@ -21,7 +21,10 @@ import msgspec
 __all__ = [
     "IMAGE_NEW",
     "IMAGE_OLD",
+    "KINDS",
     "LABEL",
+    "NOUNS",
+    "PHASES_OF",
     "DeploymentView",
     "PodView",
     "ReplicaSetView",
@@ -30,8 +33,11 @@ __all__ = [
     "create_latencies",
     "deployment_manifest",
     "deployments_not_converged",
+    "first_child_latencies",
     "pod_manifest",
+    "pod_spec",
     "pods_not_ready",
+    "seconds_of",
     "update_latencies",
 ]
 
@@ -59,18 +65,58 @@ class Shape:
         return self.namespaces[index % len(self.namespaces)]
 
 
+# --workload: what the contenders reconcile (bench/compare/jobs.py, statefulsets.py).
+KINDS = ("deployments", "jobs", "statefulsets")
+# Per kind: the object's name prefix, its noun, the noun of R, and the phases it runs (a Job
+# has no rollout: it is created, runs to Complete, and is deleted).
+_NAME_PREFIX = {"deployments": "web", "jobs": "job", "statefulsets": "sts"}
+NOUNS = {
+    "deployments": ("Deployments", "replicas"),
+    "jobs": ("Jobs", "completions"),
+    "statefulsets": ("StatefulSets", "replicas"),
+}
+PHASES_OF = {
+    "deployments": ("create", "update", "delete"),
+    "jobs": ("create", "delete"),
+    "statefulsets": ("create", "update", "delete"),
+}
+
+
 @dataclass(frozen=True)
 class Workload:
+    """N objects of ``kind`` x R pods each (``deployments``: N; ``replicas``: R, a Job's
+    completions)."""
+
     deployments: int
     replicas: int
+    kind: str = "deployments"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown workload {self.kind!r} (known: {', '.join(KINDS)})")
 
     @property
     def pods(self) -> int:
         return self.deployments * self.replicas
 
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return PHASES_OF[self.kind]
+
+    def describe(self) -> str:
+        """``20 Deployments x 5 replicas``, ``100 Jobs x 10 completions``."""
+        noun, per = NOUNS[self.kind]
+        return f"{self.deployments} {noun} x {self.replicas} {per}"
+
+    def settings(self) -> dict[str, Any]:
+        """The run's settings that name the workload, for results.json."""
+        noun, per = NOUNS[self.kind]
+        return {"workload": self.kind, noun.lower(): self.deployments, per: self.replicas}
+
     def names(self, shape: Shape) -> list[tuple[str, str]]:
-        """(namespace, name) of every Deployment of ``shape``."""
-        return [(shape.namespace_of(i), f"web-{i:05d}") for i in range(self.deployments)]
+        """(namespace, name) of every object of ``shape``."""
+        prefix = _NAME_PREFIX[self.kind]
+        return [(shape.namespace_of(i), f"{prefix}-{i:05d}") for i in range(self.deployments)]
 
     def nodes(self) -> int:
         """kwok nodes (1,000 pods each) for twice the pods: a rolling update surges, and the
@@ -78,7 +124,7 @@ class Workload:
         return max(3, math.ceil(2 * self.pods / 1000) + 1)
 
 
-def _pod_spec(image: str) -> dict[str, Any]:
+def pod_spec(image: str) -> dict[str, Any]:
     return {
         "containers": [
             {
@@ -99,7 +145,7 @@ def deployment_manifest(name: str, shape: Shape, replicas: int, image: str) -> d
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": labels}, "spec": _pod_spec(image)},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec(image)},
         },
     }
 
@@ -110,7 +156,7 @@ def pod_manifest(name: str, app: str, shape: Shape, image: str) -> dict[str, Any
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": app, LABEL: shape.name}},
-        "spec": _pod_spec(image),
+        "spec": pod_spec(image),
     }
 
 
@@ -248,7 +294,7 @@ def pods_not_ready(pods: list[PodView], expected: set[tuple[str, str]], *, image
 # --- event -> reconcile latency from object timestamps (whole seconds) --------------------
 
 
-def _seconds(timestamp: str) -> float:
+def seconds_of(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
@@ -259,20 +305,20 @@ def create_latencies(
     pod created: the two controllers' reactions, at the one-second resolution of
     ``creationTimestamp``."""
     latencies: list[float] = []
-    created = {d.metadata.uid: _seconds(d.metadata.creation_timestamp) for d in deployments}
+    created = {d.metadata.uid: seconds_of(d.metadata.creation_timestamp) for d in deployments}
     firsts: dict[str, float] = {}
     for replicaset in replicasets:
         for owner in replicaset.metadata.owner_references:
             if owner.controller and owner.uid in created:
-                at = _seconds(replicaset.metadata.creation_timestamp)
+                at = seconds_of(replicaset.metadata.creation_timestamp)
                 firsts[owner.uid] = min(firsts.get(owner.uid, at), at)
     latencies.extend(max(0.0, firsts[uid] - created[uid]) for uid in firsts)
-    rs_created = {r.metadata.uid: _seconds(r.metadata.creation_timestamp) for r in replicasets}
+    rs_created = {r.metadata.uid: seconds_of(r.metadata.creation_timestamp) for r in replicasets}
     first_pods: dict[str, float] = {}
     for pod in pods:
         for owner in pod.metadata.owner_references:
             if owner.controller and owner.uid in rs_created:
-                at = _seconds(pod.metadata.creation_timestamp)
+                at = seconds_of(pod.metadata.creation_timestamp)
                 first_pods[owner.uid] = min(first_pods.get(owner.uid, at), at)
     latencies.extend(max(0.0, first_pods[uid] - rs_created[uid]) for uid in first_pods)
     return latencies
@@ -289,6 +335,19 @@ def update_latencies(
             continue
         for owner in replicaset.metadata.owner_references:
             if owner.controller and owner.uid in patched_at:
-                created = _seconds(replicaset.metadata.creation_timestamp)
+                created = seconds_of(replicaset.metadata.creation_timestamp)
                 latencies.append(max(0.0, created - math.floor(patched_at[owner.uid])))
     return latencies
+
+
+def first_child_latencies(owners: list[Any], children: list[Any]) -> list[float]:
+    """Each owner created -> its first controlled child created (whole seconds): ``owners``
+    and ``children`` are views with ``metadata`` (a Job and its pods, a StatefulSet and its)."""
+    created = {o.metadata.uid: seconds_of(o.metadata.creation_timestamp) for o in owners}
+    firsts: dict[str, float] = {}
+    for child in children:
+        for owner in child.metadata.owner_references:
+            if owner.controller and owner.uid in created:
+                at = seconds_of(child.metadata.creation_timestamp)
+                firsts[owner.uid] = min(firsts.get(owner.uid, at), at)
+    return [max(0.0, firsts[uid] - created[uid]) for uid in firsts]

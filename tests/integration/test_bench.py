@@ -159,3 +159,68 @@ def test_bad_flag_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown contender 'kcm'" in lines[0], result.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+# --workload jobs and statefulsets, small: kcm and one kubus contender, the spread shape.
+WORKLOADS = {
+    "jobs": (["--jobs=3", "--completions=2"], 6, ("create", "delete")),
+    "statefulsets": (["--statefulsets=2", "--replicas=2"], 4, ("create", "update", "delete")),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(WORKLOADS))
+def workload_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, dict[str, Any]]:
+    workload: str = request.param
+    out = tmp_path_factory.mktemp(f"bench-{workload}")
+    result = subprocess.run(
+        [
+            *KUBUS,
+            "bench",
+            f"--workload={workload}",
+            *WORKLOADS[workload][0],
+            "--contenders=kube-controller-manager,kubus-1",
+            "--shapes=spread",
+            f"--out={out}",
+            "--deadline=240",
+            "--scale-up-pods=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workload, out, json.loads((out / "results.json").read_text())
+
+
+def test_jobs_and_statefulsets_converge_on_kcm_and_kubus_with_their_controllers(
+    workload_run: tuple[str, Path, dict[str, Any]],
+) -> None:
+    workload, out, results = workload_run
+    _flags, pods, phases = WORKLOADS[workload]
+    assert results["settings"]["workload"] == workload and results["settings"]["pods"] == pods
+    assert [c["name"] for c in results["contenders"]] == ["kube-controller-manager", "kubus-1"]
+    for contender in results["contenders"]:
+        name = contender["name"]
+        assert contender["ok"] is True, (name, contender["error"], contender["stuck"])
+        assert contender["phases_one_namespace"] == {}
+        assert tuple(contender["phases"]) == phases, name
+        for phase_name, phase in contender["phases"].items():
+            where = (workload, name, phase_name)
+            assert phase["ok"] is True and 0 < _number(phase["seconds"]) < 240, where
+            assert _number(phase["cpu_seconds"]) >= 0, where
+            if phase_name != "delete":
+                assert 0 <= _number(phase["latency_p50_s"]) <= 60, where
+            if name == "kubus-1":
+                assert _number(phase["seconds_vs_kcm"]) > 0, where
+                assert set(phase["processes"]) == {
+                    "watcher",
+                    "reconciler-0",
+                    "kubus-garbagecollector",
+                }, where
+    noun = {"jobs": "3 Jobs x 2 completions", "statefulsets": "2 StatefulSets x 2 replicas"}
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith(f"# kubus vs kube-controller-manager: {noun[workload]} ")
+    assert "| kubus-1 | create |" in markdown

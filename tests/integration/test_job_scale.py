@@ -100,6 +100,9 @@ def test_a_1000_completion_indexed_job_survives_a_kill_9_with_exact_counts(
         assert [p.metadata.name for p in pods if FINALIZER in (p.metadata.finalizers or [])] == []
     finally:
         try:
+            # Its 1,000 pods would stay for the rest of the suite: nothing here deletes a
+            # namespace's content (no namespace controller runs beside the tests).
+            core.delete_collection_namespaced_pod(namespace)
             core.delete_namespace(namespace)
         except ApiException as error:
             if error.status != 404:

@@ -1,10 +1,10 @@
 """kubus's CronJob controller against the real stack: what a user with CronJobs sees, minute
 by minute, through a kill -9 of the reconciler serving them.
 
-kubus has no Job controller yet, so kube-controller-manager runs its job-controller alone
-beside kubus: it runs the Jobs' pods (kwok plays them to Succeeded) and marks the Jobs
-Complete. Jobs that must stay active come from templates with ``suspend: true``; the Jobs of
-the history-limit test are managed by nobody (``spec.managedBy``), their status written here.
+kubus's job-controller runs in the same pool: it runs the Jobs' pods (kwok plays them to
+Succeeded) and marks the Jobs Complete. Jobs that must stay active come from templates with
+``suspend: true``; the Jobs of the history-limit test are managed by nobody
+(``spec.managedBy``), their status written here.
 
 Every CronJob of the scenario is created at once, in one namespace, so one minute boundary
 serves them all; the waits are on what the apiserver shows, with deadlines: a minute is at most
@@ -14,65 +14,32 @@ serves them all; the waits are on what the apiserver shows, with deadlines: a mi
 from __future__ import annotations
 
 import datetime
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from bus.subjects import partition_of
-from kubus.devstack import Binaries, default_cache_dir
-from tests.integration.test_failover import lease_owners, member_of
+from tests.support.leases import lease_owners, member_of
 from tests.support.services import Pool, kubus_pool
 from tests.support.system import create_namespace
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
-CONTROLLERS = "--controllers=cronjob"
-WATCHED = "--resources=batch/v1/cronjobs,batch/v1/jobs"
+CONTROLLERS = "--controllers=cronjob,job"
+WATCHED = "--resources=batch/v1/cronjobs,batch/v1/jobs,v1/pods"
 SCHEDULED = "batch.kubernetes.io/cronjob-scheduled-timestamp"
 MINUTE_WAIT = 75.0  # the next minute, the requeue, and some slack on a busy machine
 FAILOVER = 30.0  # the lease expiry, the replay, a sync
 
 
 @pytest.fixture(scope="module")
-def kcm_jobs(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """kube-controller-manager running its job-controller only."""
-    binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure(["kube-controller-manager"])
-    log_path = tmp_path_factory.mktemp("kcm") / "kcm.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                str(binary["kube-controller-manager"].path),
-                f"--kubeconfig={stack_env['KUBECONFIG']}",
-                "--controllers=job-controller",
-                "--leader-elect=false",
-                "--use-service-account-credentials=false",
-                "--secure-port=0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture(scope="module")
 def pool(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    """Three reconcilers running kubus's CronJob controller: one of them will be killed."""
+    """Three reconcilers running kubus's CronJob and Job controllers: one of them will be killed."""
     with kubus_pool(
         stack_env,
         tmp_path_factory.mktemp("cronjob"),
@@ -115,7 +82,6 @@ class Scene:
     core: client.CoreV1Api
     pool: Pool
     stack_env: dict[str, str]
-    kcm_log: Path
 
     def cronjob(self, name: str) -> Any:
         return self.batch.read_namespaced_cron_job(name, self.namespace)
@@ -143,11 +109,11 @@ class Scene:
 
     def where(self) -> str:
         logs = ", ".join(str(p.log) for p in self.pool.reconcilers)
-        return f"(logs: {logs}, {self.kcm_log})"
+        return f"(logs: {logs})"
 
 
 @pytest.fixture(scope="module")
-def scene(kube: Any, pool: Pool, kcm_jobs: Path, stack_env: dict[str, str]) -> Iterator[Scene]:
+def scene(kube: Any, pool: Pool, stack_env: dict[str, str]) -> Iterator[Scene]:
     """Every CronJob of the module, created at once."""
     core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
     namespace = create_namespace(core, f"cron-{uuid.uuid4().hex[:6]}")
@@ -164,7 +130,7 @@ def scene(kube: Any, pool: Pool, kcm_jobs: Path, stack_env: dict[str, str]) -> I
         ),
     ):
         batch.create_namespaced_cron_job(namespace, body)
-    yield Scene(namespace, batch, core, pool, stack_env, kcm_jobs)
+    yield Scene(namespace, batch, core, pool, stack_env)
     core.delete_namespace(namespace)
 
 
@@ -199,7 +165,7 @@ def test_each_minute_a_cronjob_starts_a_job_named_by_the_minute_and_owned_by_it(
 
     status = wait_for(scheduled_status, timeout=30, what="allow's lastScheduleTime")
     assert status.last_schedule_time == scheduled
-    # kcm's job-controller runs the Job to completion: it leaves status.active.
+    # The job-controller runs the Job to completion: it leaves status.active.
     done = wait_for(
         lambda: (s := scene.cronjob("allow").status).last_successful_time and s,
         timeout=60,
@@ -229,7 +195,7 @@ def test_history_limits_delete_the_oldest_finished_jobs(scene: Scene) -> None:
                         }
                     ],
                 },
-                # Nobody's: kcm's job-controller leaves it to this test.
+                # Nobody's: the job-controller leaves it to this test.
                 "spec": {**template()["spec"], "managedBy": "kubus.test/nobody"},
             },
         )

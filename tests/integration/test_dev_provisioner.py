@@ -12,8 +12,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
-import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -24,10 +22,11 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from kubus.devstack import Binaries, DevStack, default_cache_dir
+from kubus.devstack import DevStack
 from kubus.devstack.provisioner import VOLUMES, Informer
 from kubus.devstack.storage import ANN_PROVISIONED_BY, ANN_SELECTED_NODE, FINALIZER, PROVISIONER
 from kubus.kube import KubeClient, load_kube_config
+from tests.support.kcm import running_kcm
 from tests.support.wait import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
@@ -39,30 +38,9 @@ KCM_CONTROLLERS = "persistentvolume-binder-controller,pvc-protection,pv-protecti
 def kcm_binder(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
-    binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure(["kube-controller-manager"])
     log_path = tmp_path_factory.mktemp("kcm") / "kcm.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                str(binary["kube-controller-manager"].path),
-                f"--kubeconfig={stack_env['KUBECONFIG']}",
-                f"--controllers={KCM_CONTROLLERS}",
-                "--leader-elect=false",
-                "--use-service-account-credentials=false",
-                "--secure-port=0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with running_kcm(stack_env, log_path, KCM_CONTROLLERS):
         yield log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

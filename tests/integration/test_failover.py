@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
@@ -11,14 +10,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from kubernetes import client
-from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from bus.subjects import partition_of
 from tests.integration.test_deployment import complete, deployment, set_image
-from tests.support.services import Pool, kubus_pool
+from tests.support.leases import lease_owners, member_of
+from tests.support.services import kubus_pool
 from tests.support.system import create_namespace
 from tests.support.wait import wait_for
 
@@ -26,39 +24,6 @@ pytestmark = pytest.mark.integration
 
 LEASE_DURATION = 10.0  # the reconcilers' default --partition-lease-duration
 FAILOVER_TARGET = 15.0  # the design's bound for moving a dead process's partitions
-
-
-def lease_owners(stack_env: dict[str, str], pool: Pool) -> dict[int, str]:
-    """partition -> member, as the pool's lease bucket says right now."""
-
-    async def read() -> dict[int, str]:
-        connection = await nats.connect(stack_env["NATS_URL"])
-        try:
-            kv = await connection.jetstream().key_value(f"{pool.prefix}-default-leases")
-            try:
-                keys = await kv.keys()
-            except NoKeysError:
-                return {}
-            owners = {}
-            for key in keys:
-                try:
-                    entry = await kv.get(key)
-                except KeyNotFoundError:
-                    continue  # expired or released between the listing and the read
-                if entry.value:
-                    owners[int(key.removeprefix("p"))] = entry.value.decode()
-            return owners
-        finally:
-            await connection.close()
-
-    return asyncio.run(read())
-
-
-def member_of(process: Any) -> str:
-    for line in process.metrics().splitlines():
-        if line.startswith("kubus_reconciler_member_info{"):
-            return line.split('member="', 1)[1].split('"', 1)[0]
-    raise AssertionError("no member id in the metrics")
 
 
 def test_kill_9_of_the_busiest_reconciler_moves_its_work_and_every_rollout_completes(

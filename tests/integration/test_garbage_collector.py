@@ -18,9 +18,9 @@ from kubernetes.client.exceptions import ApiException
 
 from bus.subjects import partition_of
 from tests.integration.test_deployment import complete, deployment, replicasets_of
-from tests.integration.test_failover import lease_owners, member_of
 from tests.support.crds import crd_manifest, create_established_crd
-from tests.support.services import Pool, kubus_pool
+from tests.support.leases import member_of, settled_owners
+from tests.support.services import kubus_pool
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -157,16 +157,6 @@ def test_deleting_a_deployment_in_the_background_the_foreground_and_orphaning(
         assert len(pods_of(core, namespace, {left.metadata.name})) == 2
 
 
-def _partitions_settled(stack_env: dict[str, str], pool: Pool) -> dict[int, str]:
-    members = {member_of(process) for process in pool.reconcilers}
-
-    def settled() -> dict[int, str] | None:
-        owners = lease_owners(stack_env, pool)
-        return owners if len(owners) == 32 and set(owners.values()) == members else None
-
-    return wait_for(settled, timeout=60, what="every process to own partitions")
-
-
 def _namespace_owned_apart(owners: dict[int, str], away_from: str, run: str) -> str:
     """A namespace name whose partition another process owns than ``away_from``'s."""
     for index in range(1000):
@@ -192,7 +182,7 @@ def test_cluster_scoped_and_custom_owners_and_a_wrong_uid_across_processes(
         with kubus_pool(
             stack_env, tmp_path, reconcilers=3, extra=[CONTROLLERS], watcher_args=WATCH_ALL
         ) as pool:
-            owners = _partitions_settled(stack_env, pool)
+            owners = settled_owners(stack_env, pool)
             namespace = _namespace_owned_apart(owners, role_name, run)
             core.create_namespace({"metadata": {"name": namespace}})
             role = rbac.create_cluster_role({"metadata": {"name": role_name}})
@@ -252,7 +242,7 @@ def test_a_cluster_scoped_owner_deleted_in_the_foreground_and_orphaning_across_p
         with kubus_pool(
             stack_env, tmp_path, reconcilers=3, extra=[CONTROLLERS], watcher_args=WATCH_ALL
         ) as pool:
-            owners = _partitions_settled(stack_env, pool)
+            owners = settled_owners(stack_env, pool)
             namespaces = [_namespace_owned_apart(owners, fg_name, run)]
             namespaces.append(_namespace_owned_apart(owners, orphan_name, run + "o"))
             for namespace in namespaces:
@@ -343,7 +333,7 @@ def test_garbage_left_while_processes_were_down_is_collected_and_nothing_owned_i
             )
 
             # kill -9 of one of three; the owners of what it held go while nobody holds it.
-            owners = _partitions_settled(stack_env, pool)
+            owners = settled_owners(stack_env, pool)
             by_member = {member_of(process): process for process in pool.reconcilers}
             held_by = {
                 member: [ns for ns in namespaces if owners[partition_of(ns, ns)] == member]

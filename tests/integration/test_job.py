@@ -19,8 +19,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.integration.test_failover import member_of
 from tests.integration.test_partition_shards import overlaps, reconciles
+from tests.support.leases import member_of
 from tests.support.services import kubus_pool
 from tests.support.system import create_namespace
 from tests.support.wait import wait_for

@@ -17,7 +17,6 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.integration.test_failover import member_of
 from tests.integration.test_job import (
     CONTROLLERS,
     FINALIZER,
@@ -28,6 +27,7 @@ from tests.integration.test_job import (
     read,
 )
 from tests.integration.test_partition_shards import overlaps, reconciles
+from tests.support.leases import member_of
 from tests.support.services import kubus_pool
 from tests.support.system import create_namespace
 from tests.support.wait import wait_for

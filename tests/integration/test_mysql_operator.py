@@ -21,10 +21,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.integration.test_failover import member_of
 from tests.integration.test_partition_shards import overlaps, reconciles
 from tests.support.crds import create_established_crd, delete_crd
 from tests.support.jaeger import ReconcileTrace, find_reconcile
+from tests.support.leases import member_of
 from tests.support.services import kubus_pool
 from tests.support.system import create_namespace
 from tests.support.venv import entry_points_of, installed_beside_kubus

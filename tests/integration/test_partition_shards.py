@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 
 from tests.integration.test_deployment import complete, deployment, set_image
-from tests.integration.test_failover import member_of
+from tests.support.leases import member_of
 from tests.support.services import kubus_pool
 from tests.support.system import create_namespace
 from tests.support.wait import wait_for

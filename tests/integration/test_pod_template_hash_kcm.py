@@ -6,7 +6,6 @@ Deployment as the apiserver returns it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -16,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from kubus.devstack import Binaries, default_cache_dir
 from reconcilers.controllers.deployment.util import compute_hash
+from tests.support.kcm import running_kcm
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,33 +37,9 @@ KUBECTL = str(Path(sys.executable).with_name("kubectl"))
 
 @pytest.fixture
 def kcm(stack_env: dict[str, str], tmp_path: Path) -> Iterator[None]:
-    binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure(["kube-controller-manager"])
-    log = (tmp_path / "kcm.log").open("w")
     # TZ empty: time.Local is Go's UTC fallback, as podtemplatehash assumes for Time fields.
-    env = {**os.environ, "TZ": ""}
-    process = subprocess.Popen(
-        [
-            str(binary["kube-controller-manager"].path),
-            f"--kubeconfig={stack_env['KUBECONFIG']}",
-            "--controllers=deployment,replicaset",
-            "--leader-elect=false",
-            "--use-service-account-credentials=false",
-            "--secure-port=0",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
+    with running_kcm(stack_env, tmp_path / "kcm.log", "deployment,replicaset", env={"TZ": ""}):
         yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def _kubectl(stack_env: dict[str, str], *args: str, stdin: str | None = None) -> str:

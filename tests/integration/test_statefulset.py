@@ -6,8 +6,6 @@ a rollout across a kill -9 of one of three processes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +16,6 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubus.devstack import Binaries, default_cache_dir
 from reconcilers.controllers.history import (
     CONTROLLER_REVISION_HASH_LABEL,
     hash_revision,
@@ -26,8 +23,9 @@ from reconcilers.controllers.history import (
     revision_name,
     template_patch,
 )
-from tests.integration.test_failover import member_of
 from tests.integration.test_partition_shards import overlaps, reconciles
+from tests.support.kcm import running_kcm
+from tests.support.leases import member_of
 from tests.support.services import kubus_pool
 from tests.support.system import create_namespace
 from tests.support.wait import wait_for
@@ -441,29 +439,8 @@ def test_rollouts_complete_on_three_processes_across_a_kill_9(
 @pytest.fixture
 def kcm_statefulsets(stack_env: dict[str, str], tmp_path: Path) -> Iterator[None]:
     """kube-controller-manager running its statefulset-controller only."""
-    binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure(["kube-controller-manager"])
-    with (tmp_path / "kcm.log").open("w") as log:
-        process = subprocess.Popen(
-            [
-                str(binary["kube-controller-manager"].path),
-                f"--kubeconfig={stack_env['KUBECONFIG']}",
-                "--controllers=statefulset-controller",
-                "--leader-elect=false",
-                "--use-service-account-credentials=false",
-                "--secure-port=0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with running_kcm(stack_env, tmp_path / "kcm.log", "statefulset-controller"):
         yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_kcm_names_revisions_as_kubus_computes_them(

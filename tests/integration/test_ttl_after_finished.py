@@ -1,82 +1,53 @@
 """kubus's TTL-after-finished controller against the real stack: what a user who sets
-``ttlSecondsAfterFinished`` on a Job sees.
+``ttlSecondsAfterFinished`` on a Job sees, through a kill -9 of the process serving the Jobs.
 
-kubus has no Job controller yet, so kube-controller-manager runs its job-controller alone
-beside kubus; kwok runs the Jobs' pods to Succeeded (the dev stack's kubus-job-pod-succeeded
-stage). The pool runs kubus's TTL controller with one worker, and kubus's garbage collector
-(nothing else collects garbage here): a Job deleted in the foreground goes only after its pods.
+Three reconcilers run kubus's job-controller (kwok plays the Jobs' pods to Succeeded, the dev
+stack's kubus-job-pod-succeeded stage), its TTL controller with one worker per process, and its
+garbage collector (nothing else collects garbage here): a Job deleted in the foreground goes
+only after its pods.
 
-One process and one worker reconcile the keys in their due order, so a Job deleted after a
-kept one was due proves the kept one was looked at and kept, with no sleep.
+A namespace is one partition, served by one process whose one TTL worker reconciles the keys in
+their due order, so a Job deleted after a kept one was due proves the kept one was looked at
+and kept, with no sleep.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubus.devstack import Binaries, default_cache_dir
+from bus.subjects import partition_of
+from tests.support.leases import lease_owners, member_of, settled_owners
 from tests.support.services import Pool, kubus_pool
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
-CONTROLLERS = "--controllers=ttl-after-finished,garbagecollector"
+CONTROLLERS = "--controllers=job,ttl-after-finished,garbagecollector"
 ONE_WORKER = "--concurrent-ttl-after-finished-syncs=1"
 WATCH_ALL = ["--resources", "all"]  # the garbage collector reads every resource
+FAILOVER = 30.0  # the lease expiry, the replay, a sync
 
 
 @pytest.fixture(scope="module")
-def kcm_jobs(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """kube-controller-manager running its job-controller only: it makes the Jobs' pods and
-    marks the Jobs Complete."""
-    binary = Binaries(cache_dir=default_cache_dir(os.environ)).ensure(["kube-controller-manager"])
-    log_path = tmp_path_factory.mktemp("kcm") / "kcm.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                str(binary["kube-controller-manager"].path),
-                f"--kubeconfig={stack_env['KUBECONFIG']}",
-                "--controllers=job-controller",
-                "--leader-elect=false",
-                "--use-service-account-credentials=false",
-                "--secure-port=0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture(scope="module")
-def ttl_pool(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, kcm_jobs: Path
-) -> Iterator[Pool]:
+def ttl_pool(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     with kubus_pool(
         stack_env,
         tmp_path_factory.mktemp("ttl"),
-        reconcilers=1,
+        reconcilers=3,
         extra=[CONTROLLERS, ONE_WORKER],
         watcher_args=WATCH_ALL,
     ) as pool:
+        # The partitions handed out before any test: a namespace stays on one process (and its
+        # one worker) until the last test kills that process.
+        settled_owners(stack_env, pool)
         yield pool
 
 
@@ -147,16 +118,16 @@ def wait_gone(batch: client.BatchV1Api, namespace: str, name: str, where: str) -
     )
 
 
-def where(pool: Pool, kcm_log: Path) -> str:
-    return f"(logs: {pool.reconcilers[0].log}, {kcm_log})"
+def where(pool: Pool) -> str:
+    return "(logs: " + ", ".join(str(process.log) for process in pool.reconcilers) + ")"
 
 
 def test_a_job_with_ttl_0_is_deleted_once_finished_pods_first(
-    ttl_pool: Pool, kcm_jobs: Path, batch: client.BatchV1Api, core: client.CoreV1Api, namespace: str
+    ttl_pool: Pool, batch: client.BatchV1Api, core: client.CoreV1Api, namespace: str
 ) -> None:
     job = new_job(batch, namespace, ttl=0)
     name, uid = job.metadata.name, job.metadata.uid
-    wait_gone(batch, namespace, name, where(ttl_pool, kcm_jobs))
+    wait_gone(batch, namespace, name, where(ttl_pool))
     # Foreground: the Job goes only once the garbage collector has deleted its pods.
     assert pods_of(core, namespace, job) == []
 
@@ -177,7 +148,7 @@ def test_a_job_with_ttl_0_is_deleted_once_finished_pods_first(
 
 
 def test_a_job_with_ttl_5_stays_until_5s_after_it_finished(
-    ttl_pool: Pool, kcm_jobs: Path, batch: client.BatchV1Api, core: client.CoreV1Api, namespace: str
+    ttl_pool: Pool, batch: client.BatchV1Api, core: client.CoreV1Api, namespace: str
 ) -> None:
     name = new_job(batch, namespace, ttl=5).metadata.name
     job = wait_for(
@@ -186,7 +157,7 @@ def test_a_job_with_ttl_5_stays_until_5s_after_it_finished(
     finished_at = finish_time(job)
     assert finished_at is not None
     assert pods_of(core, namespace, job), "the finished Job's pod is kept until the Job goes"
-    wait_gone(batch, namespace, name, where(ttl_pool, kcm_jobs))
+    wait_gone(batch, namespace, name, where(ttl_pool))
     # Seen gone no earlier than due (the condition's time is truncated to the second: the Job
     # finished at or after it).
     assert time.time() >= finished_at.timestamp() + 5
@@ -194,7 +165,7 @@ def test_a_job_with_ttl_5_stays_until_5s_after_it_finished(
 
 
 def test_a_job_whose_ttl_is_removed_before_it_is_due_is_kept(
-    ttl_pool: Pool, kcm_jobs: Path, batch: client.BatchV1Api, namespace: str
+    ttl_pool: Pool, batch: client.BatchV1Api, namespace: str
 ) -> None:
     kept = new_job(batch, namespace, ttl=8).metadata.name
     job = wait_for(
@@ -208,7 +179,7 @@ def test_a_job_whose_ttl_is_removed_before_it_is_due_is_kept(
     # A witness finishing after the kept Job, with a TTL one second longer: due after it, so
     # the one worker reached the kept Job's due time before it deleted the witness.
     witness = new_job(batch, namespace, ttl=9).metadata.name
-    wait_gone(batch, namespace, witness, where(ttl_pool, kcm_jobs))
+    wait_gone(batch, namespace, witness, where(ttl_pool))
     assert time.time() > due
     survivor = job_or_none(batch, namespace, kept)
     assert survivor is not None, f"job {kept} was deleted after its TTL was removed"
@@ -216,14 +187,51 @@ def test_a_job_whose_ttl_is_removed_before_it_is_due_is_kept(
 
 
 def test_an_unfinished_job_with_a_ttl_is_not_deleted_until_it_finishes(
-    ttl_pool: Pool, kcm_jobs: Path, batch: client.BatchV1Api, namespace: str
+    ttl_pool: Pool, batch: client.BatchV1Api, namespace: str
 ) -> None:
     waiting = new_job(batch, namespace, ttl=0, suspend=True).metadata.name
     witness = new_job(batch, namespace, ttl=0).metadata.name
-    wait_gone(batch, namespace, witness, where(ttl_pool, kcm_jobs))
+    wait_gone(batch, namespace, witness, where(ttl_pool))
     # The witness's changes came after the suspended Job's: the pool has seen it, and left it.
     suspended = job_or_none(batch, namespace, waiting)
     assert suspended is not None and finish_time(suspended) is None
     # Resumed, it runs, finishes, and goes as its TTL says.
     batch.patch_namespaced_job(waiting, namespace, {"spec": {"suspend": False}})
-    wait_gone(batch, namespace, waiting, where(ttl_pool, kcm_jobs))
+    wait_gone(batch, namespace, waiting, where(ttl_pool))
+
+
+def test_after_a_kill_9_of_the_serving_process_jobs_still_go_when_due(
+    ttl_pool: Pool,
+    stack_env: dict[str, str],
+    batch: client.BatchV1Api,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    """The last test of the module: the process serving the namespace dies with a finished Job's
+    due time in its memory and a suspended Job not yet run; the survivor that takes the
+    partition over deletes the first when due, runs the second when resumed, and deletes it."""
+    due_later = new_job(batch, namespace, ttl=12).metadata.name
+    waiting = new_job(batch, namespace, ttl=0, suspend=True).metadata.name
+    job = wait_for(
+        lambda: finished(batch, namespace, due_later),
+        timeout=90,
+        what=f"job {due_later} finished {where(ttl_pool)}",
+    )
+    finished_at = finish_time(job)
+    assert finished_at is not None
+    owners = lease_owners(stack_env, ttl_pool)
+    members = {member_of(process): process for process in ttl_pool.reconcilers}
+    dead = owners[partition_of(namespace, "")]
+    victim = members[dead]
+    victim.kill()
+    assert time.time() < finished_at.timestamp() + 12, "killed too late to mean anything"
+
+    batch.patch_namespaced_job(waiting, namespace, {"spec": {"suspend": False}})
+    for name in (due_later, waiting):
+        wait_for(
+            lambda name=name: job_or_none(batch, namespace, name) is None,
+            timeout=90 + FAILOVER,
+            what=f"job {name} deleted after the kill -9 of {victim.log} {where(ttl_pool)}",
+        )
+    assert time.time() >= finished_at.timestamp() + 12
+    assert lease_owners(stack_env, ttl_pool).get(partition_of(namespace, "")) not in (None, dead)

@@ -141,8 +141,9 @@ class Cluster:
 
 
 class Driver(Protocol):
+    """A workload's phases, called by name (Workload.phases); a Job's have no ``update``."""
+
     async def create(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun: ...
-    async def update(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun: ...
     async def delete(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun: ...
 
 
@@ -187,32 +188,102 @@ def poll_interval(workload: Workload) -> float:
     return 0.2 if workload.pods <= 2000 else 1.0
 
 
-class DeploymentDriver:
-    """Deployments for a controller contender to reconcile."""
+Manifest = Callable[[str, Shape, int, str], dict[str, Any]]
+Check = Callable[[], Awaitable[list[str]]]
+
+
+class ControllerDriver:
+    """Objects of one kind for a controller contender to reconcile: made from ``manifest``
+    (name, shape, replicas, image), rolled to IMAGE_NEW by a patch of their pod template, and
+    deleted in the background, done once nothing of ``leftover_kinds`` is left (the garbage
+    collector takes what they owned)."""
+
+    resource: str
+    leftover_kinds: tuple[tuple[str, type[Any]], ...]
 
     def __init__(self, cluster: Cluster, workload: Workload) -> None:
         self._cluster = cluster
         self._workload = workload
         self._interval = poll_interval(workload)
 
-    async def create(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        kube, deployments = self._cluster.kube, self._cluster.resources["deployments"]
+    async def _create_all(self, shape: Shape, manifest: Manifest) -> float:
+        """Create every object of ``shape``; the monotonic time the phase started."""
+        kube, resource = self._cluster.kube, self._cluster.resources[self.resource]
+        replicas = self._workload.replicas
         started = time.monotonic()
         await bounded(
             [
-                kube.create(
-                    deployments,
-                    namespace,
-                    deployment_manifest(name, shape, self._workload.replicas, IMAGE_OLD),
-                )
+                kube.create(resource, namespace, manifest(name, shape, replicas, IMAGE_OLD))
                 for namespace, name in self._workload.names(shape)
             ]
         )
-        run = await converge(
+        return started
+
+    async def _roll_all(self, shape: Shape) -> tuple[float, dict[str, float]]:
+        """Patch every object's container image to IMAGE_NEW; the phase's start and, per
+        object uid, the wall time its patch was sent."""
+        kube, resource = self._cluster.kube, self._cluster.resources[self.resource]
+        patched_at: dict[str, float] = {}
+        patch = {
+            "spec": {"template": {"spec": {"containers": [{"name": "web", "image": IMAGE_NEW}]}}}
+        }
+
+        async def roll(namespace: str, name: str) -> None:
+            at = time.time()
+            result = await kube.patch(resource, namespace, name, patch, patch_type="strategic")
+            patched_at[result["metadata"]["uid"]] = at
+
+        started = time.monotonic()
+        await bounded([roll(namespace, name) for namespace, name in self._workload.names(shape)])
+        return started, patched_at
+
+    async def _converge(
+        self, check: Check, *, started: float, deadline: float, tick: Tick
+    ) -> PhaseRun:
+        return await converge(
+            check, started=started, deadline=deadline, interval=self._interval, tick=tick
+        )
+
+    async def delete(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
+        kube, resource = self._cluster.kube, self._cluster.resources[self.resource]
+        started = time.monotonic()
+        await bounded(
+            [
+                kube.delete(resource, namespace, name, propagation="Background")
+                for namespace, name in self._workload.names(shape)
+            ]
+        )
+        return await self._converge(
+            lambda: self._leftovers(shape), started=started, deadline=deadline, tick=tick
+        )
+
+    async def _leftovers(self, shape: Shape) -> list[str]:
+        left: list[str] = []
+        for resource, view in self.leftover_kinds:
+            items: list[Any] = await self._cluster.list(resource, view, shape)
+            left.extend(
+                f"{resource[:-1]} {item.metadata.namespace}/{item.metadata.name}: not deleted"
+                for item in items
+            )
+        return left
+
+
+class DeploymentDriver(ControllerDriver):
+    """Deployments for a controller contender to reconcile."""
+
+    resource = "deployments"
+    leftover_kinds = (
+        ("deployments", DeploymentView),
+        ("replicasets", ReplicaSetView),
+        ("pods", PodView),
+    )
+
+    async def create(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
+        started = await self._create_all(shape, deployment_manifest)
+        run = await self._converge(
             lambda: self._rollout_stuck(shape, IMAGE_OLD),
             started=started,
             deadline=deadline,
-            interval=self._interval,
             tick=tick,
         )
         if run.ok:
@@ -224,24 +295,11 @@ class DeploymentDriver:
         return run
 
     async def update(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        kube, deployments = self._cluster.kube, self._cluster.resources["deployments"]
-        patched_at: dict[str, float] = {}
-        patch = {
-            "spec": {"template": {"spec": {"containers": [{"name": "web", "image": IMAGE_NEW}]}}}
-        }
-
-        async def roll(namespace: str, name: str) -> None:
-            at = time.time()
-            result = await kube.patch(deployments, namespace, name, patch, patch_type="strategic")
-            patched_at[result["metadata"]["uid"]] = at
-
-        started = time.monotonic()
-        await bounded([roll(namespace, name) for namespace, name in self._workload.names(shape)])
-        run = await converge(
+        started, patched_at = await self._roll_all(shape)
+        run = await self._converge(
             lambda: self._rollout_stuck(shape, IMAGE_NEW),
             started=started,
             deadline=deadline,
-            interval=self._interval,
             tick=tick,
         )
         if run.ok:
@@ -252,23 +310,6 @@ class DeploymentDriver:
             )
         return run
 
-    async def delete(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        kube, deployments = self._cluster.kube, self._cluster.resources["deployments"]
-        started = time.monotonic()
-        await bounded(
-            [
-                kube.delete(deployments, namespace, name, propagation="Background")
-                for namespace, name in self._workload.names(shape)
-            ]
-        )
-        return await converge(
-            lambda: self._leftovers(shape),
-            started=started,
-            deadline=deadline,
-            interval=self._interval,
-            tick=tick,
-        )
-
     async def _rollout_stuck(self, shape: Shape, image: str) -> list[str]:
         return deployments_not_converged(
             await self._cluster.list("deployments", DeploymentView, shape),
@@ -276,20 +317,6 @@ class DeploymentDriver:
             replicas=self._workload.replicas,
             image=image,
         )
-
-    async def _leftovers(self, shape: Shape) -> list[str]:
-        left: list[str] = []
-        for resource, view in (
-            ("deployments", DeploymentView),
-            ("replicasets", ReplicaSetView),
-            ("pods", PodView),
-        ):
-            items: list[Any] = await self._cluster.list(resource, view, shape)
-            left.extend(
-                f"{resource[:-1]} {item.metadata.namespace}/{item.metadata.name}: not deleted"
-                for item in items
-            )
-        return left
 
 
 class PodDriver:

@@ -7,21 +7,17 @@ The manifests and the convergence check are pure; :class:`JobDriver` makes the c
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
-from bench.compare.driver import Cluster, PhaseRun, Tick, bounded, converge, poll_interval
+from bench.compare.driver import ControllerDriver, PhaseRun, Tick
 from bench.compare.workload import (
-    IMAGE_OLD,
     LABEL,
     Condition,
     ObjectMeta,
     PodView,
     Shape,
-    Workload,
     first_child_latencies,
     pod_spec,
 )
@@ -89,31 +85,16 @@ def jobs_not_complete(
     return stuck
 
 
-class JobDriver:
+class JobDriver(ControllerDriver):
     """Jobs for a controller contender to run to completion."""
 
-    def __init__(self, cluster: Cluster, workload: Workload) -> None:
-        self._cluster = cluster
-        self._workload = workload
-        self._interval = poll_interval(workload)
+    resource = "jobs"
+    leftover_kinds = (("jobs", JobView), ("pods", PodView))
 
     async def create(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        kube, jobs = self._cluster.kube, self._cluster.resources["jobs"]
-        started = time.monotonic()
-        await bounded(
-            [
-                kube.create(
-                    jobs, namespace, job_manifest(name, shape, self._workload.replicas, IMAGE_OLD)
-                )
-                for namespace, name in self._workload.names(shape)
-            ]
-        )
-        run = await converge(
-            self._incomplete(shape),
-            started=started,
-            deadline=deadline,
-            interval=self._interval,
-            tick=tick,
+        started = await self._create_all(shape, job_manifest)
+        run = await self._converge(
+            lambda: self._incomplete(shape), started=started, deadline=deadline, tick=tick
         )
         if run.ok:
             run.timestamp_latencies = first_child_latencies(
@@ -122,45 +103,9 @@ class JobDriver:
             )
         return run
 
-    async def update(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        raise NotImplementedError("a Job has no rollout phase")
-
-    async def delete(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        kube, jobs = self._cluster.kube, self._cluster.resources["jobs"]
-        started = time.monotonic()
-        await bounded(
-            [
-                kube.delete(jobs, namespace, name, propagation="Background")
-                for namespace, name in self._workload.names(shape)
-            ]
+    async def _incomplete(self, shape: Shape) -> list[str]:
+        return jobs_not_complete(
+            await self._cluster.list("jobs", JobView, shape),
+            set(self._workload.names(shape)),
+            completions=self._workload.replicas,
         )
-        return await converge(
-            self._leftovers(shape),
-            started=started,
-            deadline=deadline,
-            interval=self._interval,
-            tick=tick,
-        )
-
-    def _incomplete(self, shape: Shape) -> Callable[[], Awaitable[list[str]]]:
-        async def check() -> list[str]:
-            return jobs_not_complete(
-                await self._cluster.list("jobs", JobView, shape),
-                set(self._workload.names(shape)),
-                completions=self._workload.replicas,
-            )
-
-        return check
-
-    def _leftovers(self, shape: Shape) -> Callable[[], Awaitable[list[str]]]:
-        async def check() -> list[str]:
-            left: list[str] = []
-            for resource, view in (("jobs", JobView), ("pods", PodView)):
-                items: list[Any] = await self._cluster.list(resource, view, shape)
-                left.extend(
-                    f"{resource[:-1]} {item.metadata.namespace}/{item.metadata.name}: not deleted"
-                    for item in items
-                )
-            return left
-
-        return check

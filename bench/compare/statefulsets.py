@@ -11,13 +11,11 @@ are pure; :class:`StatefulSetDriver` makes the calls.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
-from bench.compare.driver import Cluster, PhaseRun, Tick, bounded, converge, poll_interval
+from bench.compare.driver import ControllerDriver, PhaseRun, Tick
 from bench.compare.workload import (
     IMAGE_NEW,
     IMAGE_OLD,
@@ -25,7 +23,6 @@ from bench.compare.workload import (
     ObjectMeta,
     PodView,
     Shape,
-    Workload,
     WorkloadSpec,
     first_child_latencies,
     pod_spec,
@@ -131,33 +128,20 @@ def revision_latencies(patched_at: dict[str, float], revisions: list[RevisionVie
     ]
 
 
-class StatefulSetDriver:
+class StatefulSetDriver(ControllerDriver):
     """StatefulSets for a controller contender to reconcile."""
 
-    def __init__(self, cluster: Cluster, workload: Workload) -> None:
-        self._cluster = cluster
-        self._workload = workload
-        self._interval = poll_interval(workload)
+    resource = "statefulsets"
+    leftover_kinds = (
+        ("statefulsets", StatefulSetView),
+        ("controllerrevisions", RevisionView),
+        ("pods", PodView),
+    )
 
     async def create(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        kube, sets = self._cluster.kube, self._cluster.resources["statefulsets"]
-        started = time.monotonic()
-        await bounded(
-            [
-                kube.create(
-                    sets,
-                    namespace,
-                    statefulset_manifest(name, shape, self._workload.replicas, IMAGE_OLD),
-                )
-                for namespace, name in self._workload.names(shape)
-            ]
-        )
-        run = await converge(
-            self._stuck(shape, IMAGE_OLD),
-            started=started,
-            deadline=deadline,
-            interval=self._interval,
-            tick=tick,
+        started = await self._create_all(shape, statefulset_manifest)
+        run = await self._converge(
+            lambda: self._stuck(shape, IMAGE_OLD), started=started, deadline=deadline, tick=tick
         )
         if run.ok:
             run.timestamp_latencies = first_child_latencies(
@@ -167,25 +151,9 @@ class StatefulSetDriver:
         return run
 
     async def update(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        kube, sets = self._cluster.kube, self._cluster.resources["statefulsets"]
-        patched_at: dict[str, float] = {}
-        patch = {
-            "spec": {"template": {"spec": {"containers": [{"name": "web", "image": IMAGE_NEW}]}}}
-        }
-
-        async def roll(namespace: str, name: str) -> None:
-            at = time.time()
-            result = await kube.patch(sets, namespace, name, patch, patch_type="strategic")
-            patched_at[result["metadata"]["uid"]] = at
-
-        started = time.monotonic()
-        await bounded([roll(namespace, name) for namespace, name in self._workload.names(shape)])
-        run = await converge(
-            self._stuck(shape, IMAGE_NEW),
-            started=started,
-            deadline=deadline,
-            interval=self._interval,
-            tick=tick,
+        started, patched_at = await self._roll_all(shape)
+        run = await self._converge(
+            lambda: self._stuck(shape, IMAGE_NEW), started=started, deadline=deadline, tick=tick
         )
         if run.ok:
             run.timestamp_latencies = revision_latencies(
@@ -193,47 +161,10 @@ class StatefulSetDriver:
             )
         return run
 
-    async def delete(self, shape: Shape, *, deadline: float, tick: Tick) -> PhaseRun:
-        kube, sets = self._cluster.kube, self._cluster.resources["statefulsets"]
-        started = time.monotonic()
-        await bounded(
-            [
-                kube.delete(sets, namespace, name, propagation="Background")
-                for namespace, name in self._workload.names(shape)
-            ]
+    async def _stuck(self, shape: Shape, image: str) -> list[str]:
+        return statefulsets_not_converged(
+            await self._cluster.list("statefulsets", StatefulSetView, shape),
+            set(self._workload.names(shape)),
+            replicas=self._workload.replicas,
+            image=image,
         )
-        return await converge(
-            self._leftovers(shape),
-            started=started,
-            deadline=deadline,
-            interval=self._interval,
-            tick=tick,
-        )
-
-    def _stuck(self, shape: Shape, image: str) -> Callable[[], Awaitable[list[str]]]:
-        async def check() -> list[str]:
-            return statefulsets_not_converged(
-                await self._cluster.list("statefulsets", StatefulSetView, shape),
-                set(self._workload.names(shape)),
-                replicas=self._workload.replicas,
-                image=image,
-            )
-
-        return check
-
-    def _leftovers(self, shape: Shape) -> Callable[[], Awaitable[list[str]]]:
-        async def check() -> list[str]:
-            left: list[str] = []
-            for resource, view in (
-                ("statefulsets", StatefulSetView),
-                ("controllerrevisions", RevisionView),
-                ("pods", PodView),
-            ):
-                items: list[Any] = await self._cluster.list(resource, view, shape)
-                left.extend(
-                    f"{resource[:-1]} {item.metadata.namespace}/{item.metadata.name}: not deleted"
-                    for item in items
-                )
-            return left
-
-        return check

@@ -112,9 +112,9 @@ def test_the_revision_data_is_the_template_with_patch_replace_as_go_writes_it() 
     assert b"a \\u0026\\u0026 b \\u003cx\\u003e" in data  # Go's HTML escaping
     assert json.loads(data)["spec"]["template"]["spec"] == d["spec"]["template"]["spec"]
     revision = {"data": json.loads(data)}
-    assert matches(d, revision)
+    assert matches(revision_data(d), revision)
     d["spec"]["template"]["metadata"]["labels"]["v"] = "2"
-    assert not matches(d, revision)
+    assert not matches(revision_data(d), revision)
 
 
 def test_pods_are_made_from_the_template_with_the_revision_labels() -> None:

@@ -59,9 +59,10 @@ def revision_data(ds: Object) -> bytes:
     return revision_bytes(template_patch(ds))
 
 
-def matches(ds: Object, revision: Object) -> bool:
-    """Match: the revision records the DaemonSet's current template."""
-    return revision_bytes(revision.get("data")) == revision_data(ds)
+def matches(data: bytes, revision: Object) -> bool:
+    """Match: the revision records the template whose :func:`revision_data` is ``data``
+    (computed once per sync by the caller, not once per revision)."""
+    return revision_bytes(revision.get("data")) == data
 
 
 def _revision(revision: Object) -> int:
@@ -89,6 +90,7 @@ async def construct_history(
     ``pods``: the DaemonSet's claimed pods (relabelled if duplicates are merged)."""
     api = ctx.apis[CONTROLLERREVISIONS]
     namespace = ds["metadata"]["namespace"]
+    data = revision_data(ds)
     current: list[Object] = []
     old: list[Object] = []
     for claimed in await _claimed(ctx, ds, selector):
@@ -97,10 +99,10 @@ async def construct_history(
             body = clone(claimed)
             body["metadata"].setdefault("labels", {})[HASH_LABEL] = body["metadata"]["name"]
             revision = await ctx.kube.replace(api, namespace, body["metadata"]["name"], body)
-        (current if matches(ds, revision) else old).append(revision)
+        (current if matches(data, revision) else old).append(revision)
     next_number = max((_revision(r) for r in old), default=0) + 1
     if not current:
-        return await _snapshot(ctx, ds, next_number), old
+        return await _snapshot(ctx, ds, data, next_number), old
     cur = await _dedup(ctx, ds, current, pods)
     if _revision(cur) < next_number:
         body = clone(cur)
@@ -109,7 +111,7 @@ async def construct_history(
     return cur, old
 
 
-async def _snapshot(ctx: Context, ds: Object, number: int) -> Object:
+async def _snapshot(ctx: Context, ds: Object, data: bytes, number: int) -> Object:
     meta = ds["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     spec = ds.get("spec") or {}
@@ -130,7 +132,7 @@ async def _snapshot(ctx: Context, ds: Object, number: int) -> Object:
         "apiVersion": "apps/v1",
         "kind": "ControllerRevision",
         "metadata": metadata,
-        "data": msgspec.Raw(revision_data(ds)),
+        "data": msgspec.Raw(data),
         "revision": number,
     }
     api = ctx.apis[CONTROLLERREVISIONS]
@@ -138,7 +140,7 @@ async def _snapshot(ctx: Context, ds: Object, number: int) -> Object:
         return await ctx.kube.create(api, namespace, body)
     except AlreadyExistsError as collision:
         existing = await ctx.kube.get(api, namespace, revision_name)
-        if matches(ds, existing):
+        if matches(data, existing):
             return existing
         fresh = await ctx.kube.get(ctx.apis[DAEMONSETS], namespace, name)
         fresh_count = (fresh.get("status") or {}).get("collisionCount")

@@ -38,7 +38,13 @@ def test_unscheduled_pod_lands_on_a_fake_node_and_becomes_ready(kube: Any, names
 
 
 @pytest.mark.parametrize(
-    "image", ["webserver:404", "invalid.registry.k8s.io/invalid/alpine:3.1", "nonexistent:1"]
+    "image",
+    [
+        "webserver:404",
+        "invalid.registry.k8s.io/invalid/alpine:3.1",
+        "nonexistent:1",
+        "foo:non-existent",
+    ],
 )
 def test_a_pod_of_an_image_that_cannot_be_pulled_stays_pending_in_image_pull_backoff(
     kube: Any, namespace: str, image: str
@@ -71,6 +77,61 @@ def test_a_pod_of_an_image_that_cannot_be_pulled_stays_pending_in_image_pull_bac
         f'Back-off pulling image "{image}"'
     )
     assert seen <= {"ErrImagePull", "ImagePullBackOff"}
+
+
+def test_a_container_with_a_readiness_probe_is_ready_only_once_its_initial_delay_passed(
+    kube: Any, namespace: str
+) -> None:
+    """As a kubelet reports it: Running at once with the probed container unready (the pod's
+    Ready and ContainersReady False, naming it), then Ready after initialDelaySeconds plus a
+    period per extra success of successThreshold; a container without a probe is ready at once."""
+    core = client.CoreV1Api(kube)
+    probe = {"exec": {"command": ["true"]}, "initialDelaySeconds": 10, "periodSeconds": 2}
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "probed"},
+            "spec": {
+                "containers": [
+                    {"name": "plain", "image": "registry.example/plain:1"},
+                    {
+                        "name": "web",
+                        "image": "registry.example/web:1",
+                        "readinessProbe": {**probe, "successThreshold": 2},
+                    },
+                ]
+            },
+        },
+    )
+
+    def conditions(pod: Any) -> dict[str, Any]:
+        return {c.type: c for c in pod.status.conditions or []}
+
+    def running() -> Any:
+        pod = core.read_namespaced_pod("probed", namespace)
+        return pod if pod.status.phase == "Running" else None
+
+    pod = wait_for(running, timeout=60, what="pod probed Running")
+    started = {s.name: s for s in pod.status.container_statuses}
+    assert conditions(pod)["Ready"].status == "False"
+    assert conditions(pod)["Ready"].reason == "ContainersNotReady"
+    assert conditions(pod)["Ready"].message == "containers with unready status: [web]"
+    assert conditions(pod)["ContainersReady"].status == "False"
+    assert (started["plain"].ready, started["web"].ready) == (True, False)
+    began = started["web"].state.running.started_at
+
+    def ready() -> Any:
+        pod = core.read_namespaced_pod("probed", namespace)
+        return pod if conditions(pod)["Ready"].status == "True" else None
+
+    pod = wait_for(ready, timeout=60, what="pod probed Ready")
+    ready_at = conditions(pod)["Ready"].last_transition_time
+    # 10 s of initial delay and one more period of 2 s for the second success, to the second.
+    assert (ready_at - began).total_seconds() >= 12 - 1
+    assert conditions(pod)["ContainersReady"].status == "True"
+    assert conditions(pod)["Ready"].reason is None
+    assert all(s.ready for s in pod.status.container_statuses)
+    assert pod.status.container_statuses[1].state.running.started_at == began
 
 
 def test_rbac_refuses_a_token_without_rights(

@@ -134,6 +134,52 @@ def test_a_container_with_a_readiness_probe_is_ready_only_once_its_initial_delay
     assert pod.status.container_statuses[1].state.running.started_at == began
 
 
+def test_a_deleted_pod_a_finalizer_holds_is_terminated_and_stays_until_the_finalizer_goes(
+    kube: Any, namespace: str
+) -> None:
+    """As a kubelet plays a graceful deletion: the containers stop (exit 0), the pod is
+    Succeeded and not Ready, and the object stays while the finalizer is on it."""
+    core = client.CoreV1Api(kube)
+    finalizer = "example.com/test-finalizer"
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "held", "finalizers": [finalizer]},
+            "spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]},
+        },
+    )
+    wait_for(
+        lambda: core.read_namespaced_pod("held", namespace).status.phase == "Running",
+        timeout=60,
+        what="pod held Running",
+    )
+    core.delete_namespaced_pod("held", namespace)
+
+    def terminated() -> Any:
+        pod = core.read_namespaced_pod("held", namespace)
+        return pod if pod.status.phase == "Succeeded" else None
+
+    pod = wait_for(terminated, timeout=60, what="pod held Succeeded while its finalizer holds it")
+    assert pod.metadata.deletion_timestamp is not None
+    conditions = {c.type: (c.status, c.reason) for c in pod.status.conditions or []}
+    assert conditions["Ready"] == ("False", "PodCompleted")
+    (status,) = pod.status.container_statuses
+    assert (status.ready, status.state.terminated.exit_code) == (False, 0)
+
+    core.patch_namespaced_pod("held", namespace, {"metadata": {"finalizers": None}})
+
+    def gone() -> bool:
+        try:
+            core.read_namespaced_pod("held", namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(gone, timeout=60, what="pod held gone once its finalizer is removed")
+
+
 def test_rbac_refuses_a_token_without_rights(
     kube: Any, namespace: str, stack_env: dict[str, str]
 ) -> None:

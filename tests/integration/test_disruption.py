@@ -2,7 +2,8 @@
 and what a user checks: a PDB's status and condition, the apiserver's eviction subresource
 allowing and then refusing (429) from the status kubus writes, percentages through a
 Deployment's and a custom resource's scale, pods without controllers, a pod that stops being
-Ready, a stale DisruptionTarget condition reset, and three processes losing one to kill -9.
+Ready, unready pods under each unhealthy-pod eviction policy, a stale DisruptionTarget
+condition reset, and three processes losing one to kill -9.
 
 The pods' controllers are inert where the test makes the pods itself (a ReplicaSet no
 controller runs here, so nothing replaces an evicted pod); the Deployment case runs kubus's
@@ -209,6 +210,62 @@ def test_min_available_status_lets_one_eviction_through_then_refuses_with_429(
             timeout=30,
             what="a MultiplePodDisruptionBudgets event on the pod",
         )
+
+
+def test_unready_pods_are_not_healthy_and_the_unhealthy_pod_eviction_policy_decides(
+    kube: Any, namespace: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Upstream e2e's unhealthy-pod cases: pods whose readiness probe has not passed yet (kwok
+    holds them unready through the probe's 10-minute initial delay) count for nothing; with
+    the default policy (IfHealthyBudget) such a pod cannot be evicted while the budget is not
+    met, with AlwaysAllow it can."""
+    core, apps, policy = client.CoreV1Api(kube), client.AppsV1Api(kube), client.PolicyV1Api(kube)
+    probe = {"httpGet": {"path": "/", "port": 80}, "initialDelaySeconds": 600}
+    pods: dict[str, list[str]] = {}
+    for app in ("strict", "lenient"):
+        owner = owner_ref(replicaset(apps, namespace, app, 3), "apps/v1", "ReplicaSet")
+        pods[app] = [f"{app}-{i}" for i in range(3)]
+        for name in pods[app]:
+            core.create_namespaced_pod(
+                namespace,
+                {
+                    "metadata": {
+                        "name": name,
+                        "labels": {"app": app},
+                        "ownerReferences": [{**owner, "controller": True}],
+                    },
+                    "spec": {
+                        "containers": [{"name": "c", "image": IMAGE, "readinessProbe": probe}]
+                    },
+                },
+            )
+    with kubus_pool(stack_env, tmp_path, extra=[CONTROLLERS], watcher_args=[WATCHED]):
+        policy.create_namespaced_pod_disruption_budget(
+            namespace, pdb_body("strict", "strict", maxUnavailable=1)
+        )
+        policy.create_namespaced_pod_disruption_budget(
+            namespace,
+            pdb_body(
+                "lenient", "lenient", maxUnavailable=1, unhealthyPodEvictionPolicy="AlwaysAllow"
+            ),
+        )
+        unhealthy = {
+            "currentHealthy": 0,
+            "desiredHealthy": 2,
+            "expectedPods": 3,
+            "disruptionsAllowed": 0,
+            "condition": ("False", "InsufficientPods"),
+        }
+        for name in ("strict", "lenient"):
+            settles(policy, namespace, name, unhealthy, timeout=60)
+        for app in ("strict", "lenient"):
+            for name in pods[app]:
+                pod = core.read_namespaced_pod(name, namespace)
+                assert pod.status.phase == "Running", pod.status
+                ready = {c.type: c.status for c in pod.status.conditions}["Ready"]
+                assert ready == "False", f"{name} Ready before its probe's initial delay"
+        assert [evict(core, namespace, name) for name in pods["strict"]] == [429] * 3
+        assert [evict(core, namespace, name) for name in pods["lenient"]] == [201] * 3
 
 
 CRD_GROUP = "disruption.kubus.test"
